@@ -1,0 +1,54 @@
+"""llama4_pipeline: the Llama 4 recipe, one task per stage, triggered from the form in the UI.
+
+Each task runs ``herd stage NAME`` locally or as a Kubernetes pod (``HERD_BACKEND``). A stage
+whose output for the same inputs, config and code exists is skipped by the stage itself;
+a stage left out of ``stages`` only reuses such an output. Every run has a parent MLflow
+run; each stage logs a nested one. Only output URIs cross XCom.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Param, TriggerRule
+
+from herd.pipeline import PRESETS, STAGE_NAMES, STAGES, override_schema
+from herd_airflow.factory import command_task, config_arguments, overrides_json, stage_task
+
+with DAG(
+    dag_id="llama4_pipeline",
+    description="Llama 4 recipe: data mix, tokenizer, and the stages that follow",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    tags=["herd", "llama4"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
+    user_defined_macros={"herd_overrides": overrides_json},
+    params={
+        "preset": Param("nano", type="string", enum=sorted(PRESETS), title="Preset",
+                        description="Model and data scale: nano runs on a laptop CPU."),
+        "languages": Param([], type="array", items={"type": "string", "pattern": "^[a-z]{3}$"}, title="Languages",
+                           description="ISO 639-3 codes to keep in the mix; empty keeps every language."),
+        "stages": Param(list(STAGE_NAMES), type="array", items={"type": "string", "enum": STAGE_NAMES},
+                        uniqueItems=True, minItems=1, examples=list(STAGE_NAMES), title="Stages",
+                        description="Stages to compute; the others reuse their cached output."),
+        "force": Param(False, type="boolean", title="Force", description="Recompute selected stages even if cached."),
+        "corpus": Param("", type="string", pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Corpus",
+                        description="Raw corpus: absolute path, file:// or s3:// URI; empty uses the UDHR seed corpus."),
+        "overrides": Param({}, **override_schema(), title="Config overrides",
+                           description='Dotted config fields, e.g. {"datamix.min_chars": 60}.'),
+    },
+) as dag:
+    begin = command_task("begin", ["run", "begin", "--run", "{{ run_id }}", *config_arguments()])
+    stage_tasks = {}
+    for spec in STAGES:
+        stage_tasks[spec.name] = stage_task(spec)
+        upstream = [stage_tasks[name] for name in spec.upstream] or [begin]
+        upstream >> stage_tasks[spec.name]
+    leaves = [t for name, t in stage_tasks.items() if not any(name in s.upstream for s in STAGES)]
+    finish = command_task("finish", ["run", "end", "--run", "{{ run_id }}", "--status", "success"])
+    finish_failed = command_task("finish_failed", ["run", "end", "--run", "{{ run_id }}", "--status", "failed"],
+                                 trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+    leaves >> finish
+    [begin, *stage_tasks.values()] >> finish_failed

@@ -1,0 +1,123 @@
+"""The Llama 4 pipeline: its stages in order, and one typed config holding every stage's section.
+
+A preset is a function returning a :class:`PipelineConfig`; a config file or ``--set``
+overrides are applied on top of it and validated as a whole, so an unknown or ill-typed
+field anywhere fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from herd.config import ConfigError, StageConfig, apply_overrides, deep_merge, explain_validation_error
+from herd.stage import Input, Resources, StageSpec
+from herd.stages.datamix import DatamixConfig
+from herd.stages.tokenizer import TokenizerConfig
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str
+    datamix: DatamixConfig = DatamixConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+
+    def section(self, spec: StageSpec) -> StageConfig:
+        return getattr(self, spec.config_section)
+
+
+STAGES: list[StageSpec] = [
+    StageSpec(
+        name="datamix",
+        summary="normalise, identify language, filter, deduplicate and budget the raw corpus into text shards",
+        config_type=DatamixConfig,
+        config_section="datamix",
+        inputs={"corpus": Input("JSONL/Parquet file, folder or s3:// prefix; empty for the UDHR seed corpus")},
+        resources=Resources(cpu="4", memory="16Gi"),
+    ),
+    StageSpec(
+        name="tokenizer",
+        summary="train a byte-level BPE with Llama 4 special tokens and write packed token shards",
+        config_type=TokenizerConfig,
+        config_section="tokenizer",
+        inputs={"mix": Input("the datamix output", from_stage="datamix")},
+        resources=Resources(cpu="4", memory="16Gi"),
+    ),
+]
+STAGES_BY_NAME: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
+STAGE_NAMES: list[str] = [spec.name for spec in STAGES]
+
+
+def stage(name: str) -> StageSpec:
+    try:
+        return STAGES_BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}") from None
+
+
+def nano() -> PipelineConfig:
+    """Runs end to end on a laptop CPU in minutes."""
+    return PipelineConfig(preset="nano")
+
+
+def small() -> PipelineConfig:
+    """One H100 node: a bigger mix and vocabulary."""
+    return PipelineConfig(
+        preset="small",
+        datamix=DatamixConfig(floor_tokens=50_000, report_token_floor=100_000, num_shards=64),
+        tokenizer=TokenizerConfig(vocab_size=32_768, num_reserved_special_tokens=256, sample_chars_per_language=200_000),
+    )
+
+
+PRESETS: dict[str, Callable[[], PipelineConfig]] = {"nano": nano, "small": small}
+
+
+def load_config(preset_or_file: str, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """A preset name, or a JSON/YAML file ``{preset: nano, datamix: {...}}``, plus dotted overrides."""
+    data = _base_data(preset_or_file)
+    data = apply_overrides(data, overrides or {})
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise explain_validation_error(PipelineConfig, err) from None
+
+
+def _base_data(preset_or_file: str) -> dict[str, Any]:
+    if preset_or_file in PRESETS:
+        return PRESETS[preset_or_file]().model_dump(mode="json")
+    path = Path(preset_or_file)
+    if not path.is_file():
+        raise ConfigError(
+            f"config {preset_or_file!r} is neither a preset ({', '.join(PRESETS)}) nor a readable file"
+        )
+    text = path.read_text()
+    if path.suffix in {".yaml", ".yml"}:
+        import yaml  # only when a YAML file is given: the contract itself needs stdlib + pydantic
+
+        loaded = yaml.safe_load(text)
+    else:
+        loaded = json.loads(text)
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
+    preset = loaded.get("preset", "nano")
+    if preset not in PRESETS:
+        raise ConfigError(f"field 'preset' in {path}: {preset!r} is not one of {', '.join(PRESETS)}")
+    return deep_merge(PRESETS[preset]().model_dump(mode="json"), loaded)
+
+
+def override_schema() -> dict[str, Any]:
+    """JSON schema of the overrides object, so that Airflow refuses an unknown or ill-typed field at trigger time."""
+    properties: dict[str, Any] = {}
+    for spec in STAGES:
+        schema = spec.config_type.model_json_schema()
+        for name, field_schema in schema.get("properties", {}).items():
+            if "$ref" in json.dumps(field_schema):
+                field_schema = {}
+            properties[f"{spec.config_section}.{name}"] = {
+                k: v for k, v in field_schema.items() if k not in {"title", "default"}
+            }
+    return {"type": "object", "properties": properties, "additionalProperties": False}

@@ -1,0 +1,53 @@
+"""What a stage is: its name, its inputs, its config type and the resources it asks for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from herd.config import StageConfig
+
+# The last line a stage prints on stdout: how the local backend learns the output URI.
+OUTPUT_LINE_PREFIX = "HERD_OUTPUT="
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input slot. ``from_stage`` names the stage that produces it; ``None`` means a user-given URI."""
+
+    description: str
+    from_stage: str | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one pod of the stage needs; ``nodes > 1`` makes it a gang."""
+
+    cpu: str = "2"
+    memory: str = "8Gi"
+    gpus: int = 0
+    shm: str = "1Gi"
+    nodes: int = 1
+
+    @property
+    def pool(self) -> str:
+        return "gpu" if self.gpus else "cpu"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    summary: str
+    config_type: type[StageConfig]
+    config_section: str
+    inputs: dict[str, Input] = field(default_factory=dict)
+    resources: Resources = Resources()
+    # Bump when the stage's output changes for the same inputs and config: it is part
+    # of the output hash, so every cached result of the old code is recomputed.
+    version: int = 1
+    # A resumable stage keeps partial output (checkpoints) between attempts; others
+    # start from an empty output folder on every attempt.
+    resumable: bool = False
+
+    @property
+    def upstream(self) -> list[str]:
+        return [i.from_stage for i in self.inputs.values() if i.from_stage]

@@ -1,0 +1,1 @@
+"""One module per stage holding its typed config."""

@@ -1,0 +1,52 @@
+"""Where a stage's output lives: a hash of what determines it.
+
+The hash covers the stage name, its code version, the config fields that change the
+result (see :func:`herd.config.operational`) and the hashes of its inputs. Same inputs,
+same config, same code -> same path -> the stage is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from herd.config import StageConfig
+from herd.stage import StageSpec
+
+HASH_CHARS = 16
+
+
+def version_record(spec: StageSpec, config: StageConfig, input_hashes: dict[str, str]) -> dict[str, Any]:
+    """Everything the output hash is computed from; kept in ``step.json`` so a plan can say what changed."""
+    return {
+        "stage": spec.name,
+        "code_version": spec.version,
+        "config": config.versioned_fields(prefix=f"{spec.config_section}."),
+        "inputs": dict(sorted(input_hashes.items())),
+    }
+
+
+def output_hash(record: dict[str, Any]) -> str:
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_CHARS]
+
+
+def output_uri(artifact_root: str, stage: str, digest: str) -> str:
+    return f"{artifact_root.rstrip('/')}/{stage}/{digest}"
+
+
+def describe_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two version records."""
+    changes: list[str] = []
+    if previous.get("code_version") != current.get("code_version"):
+        changes.append(f"code version {previous.get('code_version')} -> {current.get('code_version')}")
+    old_cfg, new_cfg = previous.get("config", {}), current.get("config", {})
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        if old_cfg.get(key, "<unset>") != new_cfg.get(key, "<unset>"):
+            changes.append(f"{key}: {old_cfg.get(key, '<unset>')!r} -> {new_cfg.get(key, '<unset>')!r}")
+    old_in, new_in = previous.get("inputs", {}), current.get("inputs", {})
+    for key in sorted(set(old_in) | set(new_in)):
+        if old_in.get(key) != new_in.get(key):
+            changes.append(f"input {key} changed ({old_in.get(key)} -> {new_in.get(key)})")
+    return changes

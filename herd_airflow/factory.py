@@ -1,0 +1,56 @@
+"""The one factory: a herd command and its resources -> an Airflow operator for the configured backend.
+
+DAG files call :func:`stage_task` and :func:`command_task` and never see the backend: it
+comes from ``HERD_BACKEND`` (see :mod:`herd.deploy`). Arguments are Jinja templates
+rendered at run time, so the same DAG serves every preset and parameter set.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from herd.deploy import BackendSettings, backend_settings
+from herd.stage import Resources, StageSpec
+
+LIGHT = Resources(cpu="500m", memory="1Gi", shm="64Mi")
+
+
+def overrides_json(params: dict[str, Any]) -> str:
+    """The run's config overrides as one JSON argument: the form's ``overrides`` plus its ``languages``."""
+    overrides = dict(params.get("overrides") or {})
+    if params.get("languages"):
+        overrides["datamix.languages"] = list(params["languages"])
+    return json.dumps(overrides, sort_keys=True)
+
+
+def config_arguments() -> list[str]:
+    return ["--config", "{{ params.preset }}", "--overrides", "{{ herd_overrides(params) }}"]
+
+
+def stage_arguments(spec: StageSpec) -> list[str]:
+    arguments = ["stage", spec.name, "--run", "{{ run_id }}", *config_arguments()]
+    arguments += ["--force={{ params.force }}", f"--reuse-only={{{{ '{spec.name}' not in params.stages }}}}"]
+    for key, slot in spec.inputs.items():
+        source = (
+            f"{{{{ ti.xcom_pull(task_ids='{slot.from_stage}') }}}}" if slot.from_stage else f"{{{{ params.{key} }}}}"
+        )
+        arguments += ["--in", f"{key}={source}"]
+    return arguments
+
+
+def command_task(task_id: str, arguments: list[str], resources: Resources = LIGHT,
+                 returns_output: bool = False, settings: BackendSettings | None = None, **kwargs: Any):
+    settings = settings or backend_settings()
+    if settings.backend == "kubernetes":
+        from herd_airflow.kubernetes import pod_operator
+
+        return pod_operator(task_id, arguments, resources, settings.kubernetes, returns_output, **kwargs)
+    from herd_airflow.local import LocalStageOperator
+
+    return LocalStageOperator(task_id=task_id, arguments=arguments, **kwargs)
+
+
+def stage_task(spec: StageSpec, settings: BackendSettings | None = None, **kwargs: Any):
+    return command_task(spec.name, stage_arguments(spec), spec.resources, returns_output=True, settings=settings,
+                        doc_md=spec.summary, **kwargs)

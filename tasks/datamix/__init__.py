@@ -1,0 +1,1 @@
+"""Stage ``datamix``: see :mod:`tasks.datamix.stage`."""

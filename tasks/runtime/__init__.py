@@ -1,0 +1,1 @@
+"""What every stage shares: storage by URI, MLflow tracking, and the step contract."""

@@ -1,0 +1,234 @@
+"""Running one stage by the contract: resolve inputs, derive the output, skip or compute, marker last.
+
+A stage's output folder is complete only when its ``_SUCCESS`` marker exists; the marker is
+written after the outputs and ``step.json``. A downstream stage refuses an input without
+one, so a stage killed part-way leaves nothing another stage would read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import herd
+from herd.config import StageConfig
+from herd.pipeline import STAGES, PipelineConfig, stage
+from herd.stage import StageSpec
+from herd.versioning import describe_changes, output_hash, output_uri, version_record
+from tasks.runtime import storage
+from tasks.runtime.home import default_corpus
+from tasks.runtime.tracking import StageRun
+
+log = logging.getLogger("herd")
+
+STEP_FILE = "step.json"
+SUCCESS = "_SUCCESS"
+
+
+class InputError(RuntimeError):
+    pass
+
+
+class NotSelected(RuntimeError):
+    """A stage asked only to reuse its output, and there is none."""
+
+
+@dataclass
+class StageContext:
+    """What a stage's ``run`` receives. It writes its outputs under ``workdir``."""
+
+    spec: StageSpec
+    run_id: str
+    pipeline: PipelineConfig
+    config: Any
+    inputs: dict[str, str]
+    output_uri: str
+    workdir: Path
+    tracker: StageRun
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlannedStage:
+    spec: StageSpec
+    uri: str
+    digest: str
+    record: dict[str, Any]
+    complete: bool
+    previous: dict[str, Any] | None  # the version record of the latest complete output, if any
+
+    @property
+    def changes(self) -> list[str]:
+        return describe_changes(self.previous, self.record) if self.previous else []
+
+
+def input_hash(spec: StageSpec, key: str, uri: str) -> str:
+    """An upstream stage's output hash (only from a complete output), or a fingerprint of user data."""
+    slot = spec.inputs[key]
+    if slot.from_stage:
+        if not storage.exists(storage.join(uri, SUCCESS)):
+            raise InputError(
+                f"input {key}={uri} is incomplete (no {SUCCESS} marker): "
+                f"stage {slot.from_stage!r} has not finished there"
+            )
+        return json.loads(storage.read_text(storage.join(uri, STEP_FILE)))["output_hash"]
+    try:
+        return f"data:{storage.fingerprint(uri)}"
+    except storage.StorageError as err:
+        raise InputError(f"input {key}={uri}: {err}") from None
+
+
+def resolve_inputs(spec: StageSpec, given: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(given) - set(spec.inputs))
+    if unknown:
+        raise InputError(f"stage {spec.name} has no input {unknown[0]!r}; inputs: {', '.join(spec.inputs)}")
+    resolved = {}
+    for key, slot in spec.inputs.items():
+        uri = given.get(key) or ""
+        if not uri and slot.from_stage is None and key == "corpus":
+            uri = default_corpus()
+        if not uri:
+            raise InputError(f"stage {spec.name} needs --in {key}=URI ({slot.description})")
+        resolved[key] = uri
+    return resolved
+
+
+def latest_record(artifact_root: str, stage_name: str) -> dict[str, Any] | None:
+    """The version record of the most recently finished complete output of a stage."""
+    best: tuple[str, dict[str, Any]] | None = None
+    for folder in storage.list_dirs(storage.join(artifact_root, stage_name)):
+        if not storage.exists(storage.join(folder, SUCCESS)):
+            continue
+        step = json.loads(storage.read_text(storage.join(folder, STEP_FILE)))
+        if best is None or step["finished_at"] > best[0]:
+            best = (step["finished_at"], step["version"])
+    return best[1] if best else None
+
+
+def plan(config: PipelineConfig, artifact_root: str, external: dict[str, str]) -> list[PlannedStage]:
+    """Every stage's output location and state, without running anything."""
+    planned: dict[str, PlannedStage] = {}
+    for spec in STAGES:
+        hashes = {}
+        for key, slot in spec.inputs.items():
+            if slot.from_stage:
+                hashes[key] = planned[slot.from_stage].digest
+            else:
+                uri = resolve_inputs(spec, {k: v for k, v in external.items() if k in spec.inputs})[key]
+                hashes[key] = input_hash(spec, key, uri)
+        record = version_record(spec, config.section(spec), hashes)
+        digest = output_hash(record)
+        uri = output_uri(artifact_root, spec.name, digest)
+        complete = storage.exists(storage.join(uri, SUCCESS))
+        previous = None if complete else latest_record(artifact_root, spec.name)
+        planned[spec.name] = PlannedStage(spec, uri, digest, record, complete, previous)
+    return list(planned.values())
+
+
+def _git_commit() -> str:
+    if os.environ.get("HERD_GIT_COMMIT"):
+        return os.environ["HERD_GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def execute(
+    name: str,
+    run_id: str,
+    config: PipelineConfig,
+    given_inputs: dict[str, str],
+    artifact_root: str,
+    force: bool = False,
+    reuse_only: bool = False,
+) -> str:
+    """Run stage ``name`` (or find it done) and return its output URI."""
+    spec = stage(name)
+    stage_config: StageConfig = config.section(spec)
+    inputs = resolve_inputs(spec, given_inputs)
+    hashes = {key: input_hash(spec, key, uri) for key, uri in inputs.items()}
+    record = version_record(spec, stage_config, hashes)
+    digest = output_hash(record)
+    out = output_uri(artifact_root, spec.name, digest)
+    marker = storage.join(out, SUCCESS)
+
+    if storage.exists(marker) and not force:
+        log.info("%s: complete output found at %s, skipping (use --force to recompute)", name, out)
+        return out
+    if reuse_only:
+        raise NotSelected(
+            f"stage {name} is not selected and has no complete output at {out}; select it or run it first"
+        )
+    if storage.exists(marker):
+        storage.delete(marker)  # --force: readers must not take a folder being rewritten as complete
+    if not spec.resumable:
+        storage.delete_tree(out)
+
+    remote = storage.is_s3(out)
+    workdir = Path(tempfile.mkdtemp(prefix=f"herd-{name}-")) if remote else storage.local_path(out)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tags = {
+        "herd.preset": config.preset,
+        "herd.config_hash": digest,
+        "herd.code_version": f"{herd.__version__}+{spec.name}.v{spec.version}",
+        "herd.dag_run_id": run_id,
+    }
+    params = {**stage_config.model_dump(mode="json"), **{f"input.{k}": v for k, v in inputs.items()}, "output": out}
+    tracker = StageRun.start(run_id, name, tags, params)
+    started, clock = _now(), time.monotonic()
+    log.info("%s: computing into %s (MLflow run %s)", name, out, tracker.run_id)
+    try:
+        module = importlib.import_module(f"tasks.{name}.stage")
+        context = StageContext(spec, run_id, config, stage_config, inputs, out, workdir, tracker)
+        summary = module.run(context) or {}
+        step = {
+            "stage": name,
+            "run_id": run_id,
+            "inputs": inputs,
+            "input_hashes": hashes,
+            "config": stage_config.model_dump(mode="json"),
+            "version": record,
+            "output_hash": digest,
+            "output": out,
+            "code_version": {"herd": herd.__version__, "stage": spec.version, "git": _git_commit()},
+            "host": socket.gethostname(),
+            "started_at": started,
+            "finished_at": _now(),
+            "wall_seconds": round(time.monotonic() - clock, 3),
+            "metrics": summary,
+            "mlflow_run_id": tracker.run_id,
+        }
+        (workdir / STEP_FILE).write_text(json.dumps(step, indent=2, sort_keys=True) + "\n")
+        if remote:
+            storage.upload_tree(workdir, out)
+        tracker.log_artifact(workdir / STEP_FILE)
+        tracker.log_metrics({"wall_seconds": step["wall_seconds"]})
+        storage.write_text(marker, json.dumps({"output_hash": digest, "finished_at": step["finished_at"]}) + "\n")
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    finally:
+        if remote:
+            shutil.rmtree(workdir, ignore_errors=True)
+    tracker.end("FINISHED")
+    log.info("%s: done in %.1f s -> %s", name, step["wall_seconds"], out)
+    return out

@@ -1,0 +1,187 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per stage.
+
+``MLFLOW_TRACKING_URI`` is honoured; without it the embedded store is a sqlite file and
+an artifact folder under ``HERD_HOME``. A tracking server that does not answer fails the
+stage within seconds with a message that says so, instead of minutes of retries.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.error import URLError
+from urllib.request import urlopen
+
+from tasks.runtime.home import mlflow_dir
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = os.environ.get("HERD_MLFLOW_EXPERIMENT", "herd")
+RUN_TAG = "herd.run_id"
+KIND_TAG = "herd.kind"
+
+
+class TrackingUnavailable(RuntimeError):
+    pass
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    folder = mlflow_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _check_reachable(uri: str) -> None:
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urlopen(f"{uri.rstrip('/')}/health", timeout=5) as response:  # noqa: S310 - user-configured URI
+            response.read()
+    except (URLError, OSError) as err:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}); "
+            "start it or point MLFLOW_TRACKING_URI at a running one"
+        ) from None
+
+
+def client():
+    """An MlflowClient for the configured store, failing fast if a server is down."""
+    # Fail in seconds, not after minutes of exponential back-off, when a server goes away mid-run.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    uri = tracking_uri()
+    _check_reachable(uri)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client) -> str:
+    found = mlflow_client.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (mlflow_dir() / "artifacts").as_uri()
+    try:
+        return mlflow_client.create_experiment(EXPERIMENT, artifact_location=location)
+    except Exception:  # another stage created it at the same moment
+        found = mlflow_client.get_experiment_by_name(EXPERIMENT)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def find_parent(mlflow_client, run_id: str):
+    runs = mlflow_client.search_runs(
+        [experiment_id(mlflow_client)],
+        filter_string=f"tags.`{RUN_TAG}` = '{run_id}' and tags.`{KIND_TAG}` = 'pipeline'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def ensure_parent(mlflow_client, run_id: str, tags: dict[str, str] | None = None) -> str:
+    parent = find_parent(mlflow_client, run_id)
+    if parent is not None:
+        return parent.info.run_id
+    created = mlflow_client.create_run(
+        experiment_id(mlflow_client),
+        run_name=f"pipeline {run_id}",
+        tags={RUN_TAG: run_id, KIND_TAG: "pipeline", **(tags or {})},
+    )
+    return created.info.run_id
+
+
+class StageRun:
+    """A nested MLflow run for one stage attempt; the only way stage code talks to MLflow."""
+
+    def __init__(self, mlflow_client, mlflow_run_id: str) -> None:
+        self.client = mlflow_client
+        self.run_id = mlflow_run_id
+
+    @classmethod
+    def start(cls, run_id: str, stage: str, tags: dict[str, str], params: dict[str, Any]) -> "StageRun":
+        mlflow_client = client()
+        parent = ensure_parent(mlflow_client, run_id, {"herd.preset": tags.get("herd.preset", "")})
+        created = mlflow_client.create_run(
+            experiment_id(mlflow_client),
+            run_name=stage,
+            tags={"mlflow.parentRunId": parent, RUN_TAG: run_id, KIND_TAG: "stage", "herd.stage": stage, **tags},
+        )
+        run = cls(mlflow_client, created.info.run_id)
+        run.log_params(params)
+        return run
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in sorted(metrics.items()) if v is not None]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_table(self, name: str, rows: Iterable[dict[str, Any]], folder: str = "reports") -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(buffer.getvalue())
+            self.log_artifact(path, folder)
+
+    def log_plot(self, name: str, draw: Callable[[Any], None], folder: str = "plots") -> None:
+        """Draw with matplotlib and log a PNG; a plot that fails is a warning, never a failed stage."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            figure = plt.figure(figsize=(10, 5))
+            try:
+                draw(figure)
+                self.client.log_figure(self.run_id, figure, f"{folder}/{name}")
+            finally:
+                plt.close(figure)
+        except Exception as err:  # noqa: BLE001 - a missing plot must not cost a training run
+            log.warning("plot %s not drawn: %s", name, err)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def end_parent(run_id: str, status: str, summary: dict[str, float]) -> str | None:
+    mlflow_client = client()
+    parent = find_parent(mlflow_client, run_id)
+    if parent is None:
+        return None
+    run = StageRun(mlflow_client, parent.info.run_id)
+    run.log_metrics(summary)
+    run.end(status)
+    return parent.info.run_id

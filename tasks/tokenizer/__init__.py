@@ -1,0 +1,1 @@
+"""Stage ``tokenizer``: see :mod:`tasks.tokenizer.stage`."""
