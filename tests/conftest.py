@@ -8,9 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tempfile
+
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Airflow reads its home when first imported: give the in-process DAG tests a throwaway one.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="herd-test-airflow-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 # A small, varied slice of the real corpus: scripts Latin, Cyrillic, Arabic, Devanagari, Han,
 # plus languages CLD2 cannot identify (kept on their label).
 SUBSET = ["eng", "fra", "deu", "spa", "rus", "arb", "hin", "cmn", "swh", "yor", "cri", "quz"]

@@ -178,14 +178,6 @@ def execute(
         raise NotSelected(
             f"stage {name} is not selected and has no complete output at {out}; select it or run it first"
         )
-    if storage.exists(marker):
-        storage.delete(marker)  # --force: readers must not take a folder being rewritten as complete
-    if not spec.resumable:
-        storage.delete_tree(out)
-
-    remote = storage.is_s3(out)
-    workdir = Path(tempfile.mkdtemp(prefix=f"herd-{name}-")) if remote else storage.local_path(out)
-    workdir.mkdir(parents=True, exist_ok=True)
     tags = {
         "herd.preset": config.preset,
         "herd.config_hash": digest,
@@ -193,7 +185,15 @@ def execute(
         "herd.dag_run_id": run_id,
     }
     params = {**stage_config.model_dump(mode="json"), **{f"input.{k}": v for k, v in inputs.items()}, "output": out}
+    # Tracking first: an unreachable MLflow fails the stage before anything is touched.
     tracker = StageRun.start(run_id, name, tags, params)
+    if storage.exists(marker):
+        storage.delete(marker)  # --force: readers must not take a folder being rewritten as complete
+    if not spec.resumable:
+        storage.delete_tree(out)
+    remote = storage.is_s3(out)
+    workdir = Path(tempfile.mkdtemp(prefix=f"herd-{name}-")) if remote else storage.local_path(out)
+    workdir.mkdir(parents=True, exist_ok=True)
     started, clock = _now(), time.monotonic()
     log.info("%s: computing into %s (MLflow run %s)", name, out, tracker.run_id)
     try:

@@ -198,8 +198,12 @@ def open_read(uri: str) -> IO[bytes]:
             return open(local_path(uri), "rb")
         except OSError as err:
             raise StorageError(f"cannot read {uri}: {err.strerror}") from err
+    import io
+
     bucket, key = _split_s3(uri)
-    return _s3_call("get", uri, _s3().get_object, Bucket=bucket, Key=key)["Body"]._raw_stream
+    raw = _s3_call("get", uri, _s3().get_object, Bucket=bucket, Key=key)["Body"]._raw_stream
+    raw.auto_close = False  # else urllib3 closes the stream under the buffered reader at its end
+    return io.BufferedReader(raw, buffer_size=1 << 20)
 
 
 def download(uri: str, dest: Path) -> Path:
@@ -229,16 +233,13 @@ def upload_tree(local_dir: Path, uri: str, skip: set[str] = frozenset()) -> None
 
 def iter_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[bytes | None]:
     """Lines of a binary stream in bounded memory; an over-long line is consumed and yielded as ``None``."""
-    import io
-
-    reader = stream if isinstance(stream, io.BufferedIOBase) and hasattr(stream, "readline") else io.BufferedReader(stream)
     while True:
-        line = reader.readline(max_line_bytes + 1)
+        line = stream.readline(max_line_bytes + 1)
         if not line:
             return
         if len(line) > max_line_bytes and not line.endswith(b"\n"):
             while True:  # skip the rest of the over-long line without holding it
-                rest = reader.readline(1 << 20)
+                rest = stream.readline(1 << 20)
                 if not rest or rest.endswith(b"\n"):
                     break
             yield None

