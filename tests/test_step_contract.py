@@ -61,6 +61,8 @@ def test_killed_stage_leaves_nothing_a_later_stage_reads(udhr_jsonl, herd_home):
 
     retried = Path(output_of(herd(*command[3:])))
     assert retried == folders[0] and (retried / "_SUCCESS").exists()
+    step = json.loads((retried / "step.json").read_text())
+    assert step["metrics"]["languages_in_mix"] >= 200  # the nano mix of the whole UDHR corpus
     manifest = json.loads((retried / "manifest.json").read_text())
     assert sum(1 for s in manifest["shards"] for _ in (retried / s["path"]).open()) == sum(
         s["docs"] for s in manifest["shards"])

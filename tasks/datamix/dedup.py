@@ -17,8 +17,6 @@ import numpy as np
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
-_MERSENNE = np.uint64((1 << 61) - 1)
-_MAX_HASH = np.uint64((1 << 32) - 1)
 _POWER_BASE = np.uint64(1_000_003)
 
 
@@ -30,12 +28,20 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 
 class MinHasher:
+    """Character-shingle MinHash signatures folded into one key per LSH band."""
+
     def __init__(self, num_perm: int, threshold: float, shingle_chars: int, seed: int = 1) -> None:
         self.shingle = shingle_chars
         a, b = MinHash(num_perm=num_perm, seed=seed).permutations
-        self.a, self.b = a.astype(np.uint64), b.astype(np.uint64)
+        # Multiply-shift hashing (a odd, arithmetic mod 2**64, keep the top 32 bits) instead of
+        # datasketch's mod-Mersenne permutation: the same family of random hashes, without a
+        # modulo on every (shingle, permutation) pair.
+        self.a = a.astype(np.uint64) | np.uint64(1)
+        self.b = b.astype(np.uint64)
         self.bands, self.rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
-        self.powers = _POWER_BASE ** np.arange(shingle_chars - 1, -1, -1, dtype=np.uint64)
+        self.powers = [_POWER_BASE ** np.uint64(shingle_chars - 1 - i) for i in range(shingle_chars)]
+        rng = np.random.default_rng(seed)
+        self.row_weights = rng.integers(1, 2**63, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self.band_salt = _mix64(np.arange(1, self.bands + 1, dtype=np.uint64))
 
     def band_keys(self, text: str) -> np.ndarray:
@@ -44,15 +50,15 @@ class MinHasher:
         points = np.frombuffer(folded.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         if len(points) < self.shingle:
             points = np.pad(points, (0, self.shingle - len(points)))
-        windows = np.lib.stride_tricks.sliding_window_view(points, self.shingle)
-        shingles = np.unique(_mix64(windows @ self.powers) & _MAX_HASH)
+        count = len(points) - self.shingle + 1
         with np.errstate(over="ignore"):
-            permuted = ((shingles[:, None] * self.a[None, :] + self.b[None, :]) % _MERSENNE) & _MAX_HASH
-        signature = permuted.min(axis=0)[: self.bands * self.rows].reshape(self.bands, self.rows)
-        keys = self.band_salt.copy()
-        for row in range(self.rows):
-            keys = _mix64(keys ^ signature[:, row])
-        return keys
+            rolled = points[:count] * self.powers[0]
+            for offset in range(1, self.shingle):
+                rolled += points[offset : offset + count] * self.powers[offset]
+            shingles = _mix64(rolled)
+            signature = ((shingles[:, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)).min(axis=0)
+            bands = signature[: self.bands * self.rows].reshape(self.bands, self.rows)
+            return _mix64((bands * self.row_weights[None, :]).sum(axis=1) ^ self.band_salt)
 
 
 def exact_key(text: str) -> int:

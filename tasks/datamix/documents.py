@@ -40,13 +40,15 @@ class Document:
     id: str
     lang: str
     text: str
-    exact_key: int
-    band_keys: np.ndarray
 
 
 @dataclass
 class BatchResult:
+    """Survivors of the per-document steps; row ``i`` of the key arrays belongs to ``documents[i]``."""
+
     documents: list[Document] = field(default_factory=list)
+    exact_keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), dtype=np.uint64))
+    band_keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint64))
     drops: Counter = field(default_factory=Counter)
     stats: Counter = field(default_factory=Counter)  # counted, not dropped: e.g. labels CLD2 cannot check
     docs_in: int = 0
@@ -176,6 +178,8 @@ def process_batch(batch: RawBatch) -> BatchResult:
     hasher: MinHasher = _STATE["hasher"]
     wanted: set[str] = _STATE["languages"]
     result = BatchResult(docs_in=len(batch.records))
+    exact_keys: list[int] = []
+    band_keys: list[np.ndarray] = []
     for offset, raw in enumerate(batch.records):
         record = _parse(raw, result)
         if record is None:
@@ -203,5 +207,10 @@ def process_batch(batch: RawBatch) -> BatchResult:
             result.dropped_by_language[lang] += 1
             continue
         doc_id = str(record.get("id") or f"{batch.source}:{batch.first_line + offset}")
-        result.documents.append(Document(doc_id, lang, text, exact_key(text), hasher.band_keys(text)))
+        result.documents.append(Document(doc_id, lang, text))
+        exact_keys.append(exact_key(text))
+        band_keys.append(hasher.band_keys(text))
+    if result.documents:
+        result.exact_keys = np.array(exact_keys, dtype=np.uint64).reshape(-1, 1)
+        result.band_keys = np.stack(band_keys)
     return result

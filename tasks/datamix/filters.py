@@ -54,13 +54,14 @@ class MinWords(Filter):
         return len(text.split()) >= self.minimum
 
 
-_VISIBLE = regex.compile(r"\S")
 _SYMBOL = regex.compile(r"[\p{P}\p{S}]")
 _DIGIT = regex.compile(r"\p{Nd}")
 
 
 def _share(text: str, pattern: regex.Pattern) -> float:
-    return len(pattern.findall(text)) / max(1, len(_VISIBLE.findall(text)))
+    # After normalize() the only whitespace left is spaces and newlines.
+    visible = len(text) - text.count(" ") - text.count("\n") - text.count("\t")
+    return len(pattern.findall(text)) / max(1, visible)
 
 
 @dataclass

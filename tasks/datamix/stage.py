@@ -82,16 +82,15 @@ def _first_pass(corpus: str, config: DatamixConfig, scratch: Path) -> FirstPass:
                 continue
             exact = np.zeros(len(docs), dtype=bool)
             if config.exact_dedup:
-                exact = exact_seen.check_and_add(np.array([[d.exact_key] for d in docs], dtype=np.uint64))
-            remaining = [d for d, dup in zip(docs, exact) if not dup]
-            near = near_seen.check_and_add(np.stack([d.band_keys for d in remaining])) if remaining else []
+                exact = exact_seen.check_and_add(result.exact_keys)
+            near = np.zeros(len(docs), dtype=bool)
+            unique = ~exact
+            if unique.any():
+                near[unique] = near_seen.check_and_add(result.band_keys[unique])
             drops["exact_duplicate"] += int(exact.sum())
-            drops["near_duplicate"] += int(np.sum(near))
-            for doc, dup in zip(docs, exact):
-                if dup:
-                    tallies[doc.lang].dropped += 1
-            for doc, dup in zip(remaining, near):
-                if dup:
+            drops["near_duplicate"] += int(near.sum())
+            for doc, is_exact, is_near in zip(docs, exact, near):
+                if is_exact or is_near:
                     tallies[doc.lang].dropped += 1
                     continue
                 tallies[doc.lang].docs += 1
