@@ -5,6 +5,10 @@ How to run (from the repository root):
     make bench                                    # installs the [bench] extra, then runs this script
     .venv/bin/python bench/datamix_throughput.py  # 1 GiB corpus, both sides
     .venv/bin/python bench/datamix_throughput.py --gb 0.2 --skip-datatrove
+    make bench ARGS="--gb 0.2 --datatrove-shingles words --json bench/out/words.json"
+
+``--datatrove-shingles words`` gives datatrove its usual word 5-grams instead of herd's character
+5-grams (fewer shingles, so a cheaper signature step): a sensitivity check, not the comparison.
 
 What it does:
 
@@ -391,17 +395,20 @@ def run_herd(corpus: Corpus, preset: str) -> Side:
 BANDS, ROWS, SHINGLE = 9, 13, 5  # herd's split for threshold 0.8 over 128 permutations
 
 
-class CharacterTokenizer(WordTokenizer):
-    """One "word" per character, so datatrove's word n-grams become herd's character shingles.
+class ShingleTokenizer(WordTokenizer):
+    """Splits text into the units datatrove's MinHash joins into n-grams: characters or words.
 
-    Passing an instance also keeps datatrove from loading its default (spaCy/NLTK) tokenizers.
+    ``chars`` (the default) gives one "word" per character, so datatrove's word 5-grams become
+    herd's character 5-grams. ``words`` splits on whitespace: datatrove's usual word 5-grams,
+    without its spaCy/NLTK tokenizers. Passing an instance keeps datatrove from loading those.
     """
 
-    def __init__(self) -> None:
-        self.language = "chars"
+    def __init__(self, unit: str = "chars") -> None:
+        self.language = unit
+        self.unit = unit
 
     def word_tokenize(self, text: str) -> list[str]:
-        return list(text)
+        return list(text) if self.unit == "chars" else text.split()
 
     def sent_tokenize(self, text: str) -> list[str]:
         return [text]
@@ -477,7 +484,7 @@ def _step_totals(logging_dir: Path) -> dict[str, dict[str, float]]:
     return totals
 
 
-def datatrove_stages(corpus_folder: str, work: Path, preset: str) -> list[tuple[str, list, int]]:
+def datatrove_stages(corpus_folder: str, work: Path, preset: str, shingles: str) -> list[tuple[str, list, int]]:
     """(name, pipeline, tasks) of the four datatrove stages, run one after the other."""
     from datatrove.pipeline.dedup import (
         MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
@@ -498,7 +505,7 @@ def datatrove_stages(corpus_folder: str, work: Path, preset: str) -> list[tuple[
             JsonlReader(corpus_folder, glob_pattern="*.jsonl"),
             HerdDocumentRules(config),
             JsonlWriter(filtered, output_filename="${rank}.jsonl", compression=None),
-            MinhashDedupSignature(output_folder=signatures, config=minhash, language=CharacterTokenizer()),
+            MinhashDedupSignature(output_folder=signatures, config=minhash, language=ShingleTokenizer(shingles)),
         ], files),
         # One task per band at least: datatrove needs tasks to be a multiple of num_buckets.
         ("2_buckets", [MinhashDedupBuckets(input_folder=signatures, output_folder=buckets, config=minhash)], BANDS),
@@ -511,7 +518,7 @@ def datatrove_stages(corpus_folder: str, work: Path, preset: str) -> list[tuple[
     ]
 
 
-def datatrove_child(corpus_folder: str, work: Path, preset: str) -> None:
+def datatrove_child(corpus_folder: str, work: Path, preset: str, shingles: str) -> None:
     """Runs the four stages, timing each; writes ``work/result.json`` for the parent."""
     from datatrove.executor import LocalPipelineExecutor
 
@@ -519,7 +526,7 @@ def datatrove_child(corpus_folder: str, work: Path, preset: str) -> None:
     seconds: dict[str, float] = {}
     totals: dict[str, dict[str, dict[str, float]]] = {}
     clock = time.monotonic()
-    for name, pipeline, tasks in datatrove_stages(corpus_folder, work, preset):
+    for name, pipeline, tasks in datatrove_stages(corpus_folder, work, preset, shingles):
         logs = work / "logs" / name
         executor = LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs))
         started = time.monotonic()
@@ -549,14 +556,14 @@ def _step(stage_stats: dict[str, dict], kind: str, name: str) -> dict:
     return next((step for full, step in stage_stats.items() if kind in full and full.endswith(name)), {})
 
 
-def run_datatrove(corpus: Corpus, preset: str) -> Side:
+def run_datatrove(corpus: Corpus, preset: str, shingles: str) -> Side:
     work = OUT / "datatrove-work"
     shutil.rmtree(work, ignore_errors=True)  # datatrove skips tasks it finds completed
     work.mkdir(parents=True)
     result_path = work / "result.json"
     command = [
         sys.executable, str(Path(__file__).resolve()), "--datatrove-child", str(work),
-        "--corpus-folder", corpus.folder, "--preset", preset,
+        "--corpus-folder", corpus.folder, "--preset", preset, "--datatrove-shingles", shingles,
     ]
     stdout_path, stderr_path = OUT / "datatrove.stdout.log", OUT / "datatrove.stderr.log"
     measured = run_measured(command, child_env(), stdout_path, stderr_path)
@@ -575,6 +582,7 @@ def run_datatrove(corpus: Corpus, preset: str) -> Side:
         docs_per_second=round(corpus.lines / wall, 1),
         mb_per_second=round(corpus.bytes / 1e6 / wall, 3),
         details={
+            "shingles": f"{SHINGLE}-grams of {shingles}",
             "stage_seconds": result["stage_seconds"],
             "process_wall_seconds": measured.process_wall_seconds,
             "peak_tree_rss_mb": measured.peak_tree_rss_mb,
@@ -594,8 +602,8 @@ def run_datatrove(corpus: Corpus, preset: str) -> Side:
 
 def ratios(herd: Side, baseline: Side) -> dict[str, float]:
     return {
-        "throughput_x (datatrove wall / herd wall)": round(baseline.wall_seconds / herd.wall_seconds, 2),
-        "herd_first_pass_docs_per_s / datatrove_docs_per_s": round(
+        "throughput (datatrove wall / herd wall)": round(baseline.wall_seconds / herd.wall_seconds, 2),
+        "herd first-pass docs/s / datatrove docs/s": round(
             herd.details["first_pass_docs_per_second"] / baseline.docs_per_second, 2
         ),
         "peak_rss (herd / datatrove)": round(herd.peak_rss_mb / baseline.peak_rss_mb, 2),
@@ -607,15 +615,15 @@ def print_table(corpus: Corpus, sides: list[Side], ratio: dict[str, float] | Non
     print(f"\ncorpus: {corpus.folder}  {corpus.bytes / 1e9:.3f} GB ({corpus.bytes / GIB:.3f} GiB), "
           f"{corpus.lines} lines, {corpus.files} files; generated in {corpus.generation_seconds} s")
     print(f"machine: {machine()['cpu']}, {os.cpu_count()} cores; numbers are for this machine in this run\n")
-    header = f"{'':<28}{'wall s':>10}{'docs/s':>11}{'MB/s':>9}{'peak RSS MB':>13}{'docs in':>10}{'docs kept':>11}"
+    header = f"{'':<38}{'wall s':>10}{'docs/s':>11}{'MB/s':>9}{'peak RSS MB':>13}{'docs in':>10}{'docs kept':>11}"
     print(header)
     print("-" * len(header))
     for side in sides:
-        label = "herd (whole stage)" if side.name == "herd" else "datatrove (4 stages)"
-        print(f"{label:<28}{side.wall_seconds:>10.1f}{side.docs_per_second:>11.0f}{side.mb_per_second:>9.2f}"
+        label = "herd (whole stage)" if side.name == "herd" else f"datatrove (4 stages, {side.details['shingles']})"
+        print(f"{label:<38}{side.wall_seconds:>10.1f}{side.docs_per_second:>11.0f}{side.mb_per_second:>9.2f}"
               f"{side.peak_rss_mb:>13.0f}{side.docs_in:>10}{side.docs_kept:>11}")
         if side.name == "herd":
-            print(f"{'herd (first pass)':<28}{'':>10}{side.details['first_pass_docs_per_second']:>11.0f}"
+            print(f"{'herd (first pass)':<38}{'':>10}{side.details['first_pass_docs_per_second']:>11.0f}"
                   f"{side.details['first_pass_mb_per_second']:>9.2f}")
     if ratio:
         print("\nherd vs datatrove (same corpus, same run):")
@@ -655,12 +663,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="nano", help="herd config preset (its datamix rules both sides use)")
     parser.add_argument("--skip-datatrove", action="store_true", help="measure herd only")
+    parser.add_argument("--datatrove-shingles", choices=["chars", "words"], default="chars",
+                        help="datatrove's MinHash n-gram unit: chars (herd's, the default) or its usual words")
+    parser.add_argument("--json", type=Path, default=OUT / "datamix_throughput.json", help="where the results go")
     parser.add_argument("--datatrove-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--corpus-folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.datatrove_child:
-        datatrove_child(args.corpus_folder, args.datatrove_child, args.preset)
+        datatrove_child(args.corpus_folder, args.datatrove_child, args.preset, args.datatrove_shingles)
         return
 
     from tasks.runtime.home import herd_home
@@ -673,20 +684,20 @@ def main() -> None:
     sides = [run_herd(corpus, args.preset)]
     if not args.skip_datatrove:
         print(f"herd done in {sides[0].wall_seconds:.1f} s; running datatrove ...", flush=True)
-        sides.append(run_datatrove(corpus, args.preset))
+        sides.append(run_datatrove(corpus, args.preset, args.datatrove_shingles))
     ratio = ratios(*sides) if len(sides) == 2 else None
     print_table(corpus, sides, ratio)
     report = {
         "note": "numbers are for this machine in this run; ratios compare herd with datatrove measured in the same run",
+        "command": sys.argv[1:],
         "machine": machine(),
         "versions": versions(),
         "corpus": asdict(corpus),
         "results": {side.name: asdict(side) for side in sides},
         "ratios": ratio,
     }
-    path = OUT / "datamix_throughput.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")
+    args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

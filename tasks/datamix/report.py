@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
-from pathlib import Path
 
 from herd.stages.datamix import DatamixConfig
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["empty"])
-        writer.writeheader()
-        writer.writerows(rows)
+from tasks.runtime.reports import log_csv
 
 
 def log_reports(ctx, rows: list[dict], drops: Counter, config: DatamixConfig) -> None:
-    reports = ctx.workdir / "reports"
-    _write_csv(reports / "languages.csv", rows)
-    _write_csv(reports / "drops.csv", [{"reason": r, "docs": n} for r, n in sorted(drops.items())])
-    for name in ("languages.csv", "drops.csv"):
-        ctx.tracker.log_artifact(reports / name, "reports")
+    log_csv(ctx, "languages.csv", rows)
+    log_csv(ctx, "drops.csv", [{"reason": r, "docs": n} for r, n in sorted(drops.items())])
 
     in_mix = sorted((r for r in rows if r["tokens_actual"] > 0), key=lambda r: -r["tokens_actual"])
 

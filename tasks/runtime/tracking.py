@@ -7,13 +7,10 @@ stage within seconds with a message that says so, instead of minutes of retries.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 from urllib.error import URLError
 from urllib.request import urlopen
 
@@ -141,19 +138,6 @@ class StageRun:
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
-
-    def log_table(self, name: str, rows: Iterable[dict[str, Any]], folder: str = "reports") -> None:
-        rows = list(rows)
-        if not rows:
-            return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_text(buffer.getvalue())
-            self.log_artifact(path, folder)
 
     def log_plot(self, name: str, draw: Callable[[Any], None], folder: str = "plots") -> None:
         """Draw with matplotlib and log a PNG; a plot that fails is a warning, never a failed stage."""

@@ -10,7 +10,6 @@ Outputs: ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.jso
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import statistics
@@ -21,6 +20,7 @@ from typing import Iterator
 from herd.stages.tokenizer import TokenizerConfig
 from tasks import languages
 from tasks.runtime import storage
+from tasks.runtime.reports import log_csv
 from tasks.tokenizer.encode import encode_shards
 from tasks.tokenizer.train import balanced_sample, save_for_transformers, train_tokenizer
 
@@ -67,13 +67,7 @@ def _fertility(tokenizer, held_out: dict[str, list[str]]) -> list[dict]:
 
 
 def _log_fertility(ctx, rows: list[dict]) -> None:
-    path = ctx.workdir / "reports" / "fertility.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    ctx.tracker.log_artifact(path, "reports")
+    log_csv(ctx, "fertility.csv", rows)
     ordered = sorted(rows, key=lambda r: r["tokens_per_char"])
 
     def draw(figure):
