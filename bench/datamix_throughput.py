@@ -85,7 +85,7 @@ MIB = 1 << 20
 # Corpus generation
 # ---------------------------------------------------------------------------------------------
 
-GENERATOR_VERSION = 1  # bump when the generator changes, so an old corpus is not reused
+GENERATOR_VERSION = 3  # bump when the generator changes, so an old corpus is not reused
 CORPUS_FILES = 8
 EXACT_DUPLICATE_SHARE = 0.03
 NEAR_DUPLICATE_SHARE = 0.03
@@ -162,9 +162,10 @@ class DocumentMaker:
         lang, text = self.rng.choice(self.originals)
         donor = self.rng.choice(self.paragraphs[lang])
         words = text.split(" ")
-        if len(words) > 3:
-            index = self.rng.randrange(len(words))
-            replacement = self.rng.choice(donor.split(" "))
+        inside_lines = [i for i, word in enumerate(words) if "\n" not in word]  # keep the line structure
+        if len(inside_lines) > 3:
+            index = self.rng.choice(inside_lines)
+            replacement = self.rng.choice(donor.split())
             words[index] = replacement if replacement != words[index] else replacement + replacement[:1]
             return lang, " ".join(words)
         # Scripts written without spaces (Chinese, Japanese, Thai): change one character instead.
@@ -172,13 +173,12 @@ class DocumentMaker:
         replacement = self.rng.choice(donor)
         return lang, text[:index] + (replacement if replacement != text[index] else "x") + text[index + 1:]
 
-
-def bad_line(kind: int, doc_id: str, text: str) -> str:
-    """Malformed input the readers must survive: a JSON line cut in half, or a record with empty text."""
-    if kind % 2 == 0:
-        line = json.dumps({"id": doc_id, "text": text, "lang": "eng"}, ensure_ascii=False)
-        return line[: len(line) // 2]
-    return json.dumps({"id": doc_id, "text": "", "lang": "eng"})
+    def bad_line(self, doc_id: str) -> str:
+        """Malformed input the readers must survive: a JSON line cut in half, or a record with empty text."""
+        if self.rng.random() < 0.5:
+            line = json.dumps({"id": doc_id, "text": self.original()[1], "lang": "eng"}, ensure_ascii=False)
+            return line[: len(line) // 2]
+        return json.dumps({"id": doc_id, "text": "", "lang": "eng"})
 
 
 @dataclass
@@ -197,6 +197,25 @@ class Corpus:
     generation_seconds: float = 0.0
 
 
+def next_line(maker: DocumentMaker, corpus: Corpus) -> str:
+    """The next JSONL line (without newline), counted in ``corpus`` by kind."""
+    doc_id = f"bench-{corpus.lines:09d}"
+    if corpus.lines % BAD_LINE_EVERY == 1_000:  # early enough that a small corpus has one too
+        corpus.bad_lines += 1
+        return maker.bad_line(doc_id)
+    draw = maker.rng.random()
+    if maker.originals and draw < EXACT_DUPLICATE_SHARE:
+        lang, text = maker.exact_duplicate()
+        corpus.exact_duplicates += 1
+    elif maker.originals and draw < EXACT_DUPLICATE_SHARE + NEAR_DUPLICATE_SHARE:
+        lang, text = maker.near_duplicate()
+        corpus.near_duplicates += 1
+    else:
+        lang, text = maker.original()
+        corpus.originals += 1
+    return json.dumps({"id": doc_id, "text": text, "lang": lang}, ensure_ascii=False)
+
+
 def corpus_paths(gb: float) -> tuple[Path, Path]:
     folder = OUT / f"corpus-{gb:g}gb"
     return folder, folder.with_name(folder.name + ".manifest.json")
@@ -213,34 +232,18 @@ def generate_corpus(udhr_jsonl: Path, gb: float, seed: int) -> Corpus:
         corpus = Corpus(**json.loads(manifest_path.read_text()))
         if (corpus.target_bytes, corpus.seed, corpus.version) == (target, seed, GENERATOR_VERSION):
             return corpus
+        manifest_path.unlink()  # written again only once the new corpus is complete
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     clock = time.monotonic()
     corpus = Corpus(str(folder), target, seed, files=CORPUS_FILES)
     maker = DocumentMaker(load_paragraphs(udhr_jsonl), seed)
-    rng = maker.rng
     for file_index in range(CORPUS_FILES):
         # Files split the target evenly; the last one takes the remainder.
         file_target = target * (file_index + 1) // CORPUS_FILES
         with (folder / f"part-{file_index:05d}.jsonl").open("w", encoding="utf-8", newline="\n") as out:
             while corpus.bytes < file_target:
-                draw = rng.random()
-                if maker.originals and draw < EXACT_DUPLICATE_SHARE:
-                    lang, text = maker.exact_duplicate()
-                    corpus.exact_duplicates += 1
-                elif maker.originals and draw < EXACT_DUPLICATE_SHARE + NEAR_DUPLICATE_SHARE:
-                    lang, text = maker.near_duplicate()
-                    corpus.near_duplicates += 1
-                else:
-                    lang, text = maker.original()
-                    corpus.originals += 1
-                doc_id = f"bench-{corpus.lines:09d}"
-                if corpus.lines % BAD_LINE_EVERY == BAD_LINE_EVERY // 2:
-                    line = bad_line(corpus.bad_lines, doc_id, text)
-                    corpus.bad_lines += 1
-                else:
-                    line = json.dumps({"id": doc_id, "text": text, "lang": lang}, ensure_ascii=False)
-                data = line + "\n"
+                data = next_line(maker, corpus) + "\n"
                 out.write(data)
                 corpus.lines += 1
                 corpus.bytes += len(data.encode("utf-8"))

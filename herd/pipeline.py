@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from herd.config import ConfigError, StageConfig, apply_overrides, deep_merge, explain_validation_error
 from herd.stage import Input, Resources, StageSpec
 from herd.stages.datamix import DatamixConfig
+from herd.stages.pretrain import PretrainConfig
 from herd.stages.tokenizer import TokenizerConfig
 
 
@@ -25,6 +26,7 @@ class PipelineConfig(BaseModel):
     preset: str
     datamix: DatamixConfig = DatamixConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     def section(self, spec: StageSpec) -> StageConfig:
         return getattr(self, spec.config_section)
@@ -46,6 +48,15 @@ STAGES: list[StageSpec] = [
         config_section="tokenizer",
         inputs={"mix": Input("the datamix output", from_stage="datamix")},
         resources=Resources(cpu="4", memory="16Gi"),
+    ),
+    StageSpec(
+        name="pretrain",
+        summary="train a Llama 4 MoE from scratch on the packed token shards, resumable from checkpoints",
+        config_type=PretrainConfig,
+        config_section="pretrain",
+        inputs={"tokens": Input("the tokenizer output (token shards and tokenizer)", from_stage="tokenizer")},
+        resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
+        resumable=True,
     ),
 ]
 STAGES_BY_NAME: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
@@ -70,6 +81,8 @@ def small() -> PipelineConfig:
         preset="small",
         datamix=DatamixConfig(floor_tokens=50_000, report_token_floor=100_000, num_shards=64),
         tokenizer=TokenizerConfig(vocab_size=32_768, num_reserved_special_tokens=256, sample_chars_per_language=200_000),
+        pretrain=PretrainConfig(model="small", seq_len=4096, batch_size=64, steps=20_000, lr=1e-3,
+                                warmup_steps=500, schedule="wsd", checkpoint_every=500, log_every=10),
     )
 
 

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 HEADLINE_METRICS = {
     "docs_in", "docs_kept", "languages_in_mix", "languages_above_floor", "lid_label_agreement", "mb_per_second",
     "vocab_size", "tokens_total", "tokens_per_char_median", "fertility_languages",
+    "model", "params_total", "params_active", "first_loss", "final_loss", "tokens_per_second", "mfu",
 }
 
 

@@ -8,7 +8,7 @@ from kubernetes.client import ApiClient
 
 from conftest import REPO
 from herd.deploy import backend_settings
-from herd.pipeline import STAGE_NAMES
+from herd.pipeline import STAGE_NAMES, stage
 from herd.stage import Resources
 
 KUBERNETES_VERSION = "1.32"
@@ -58,7 +58,11 @@ def test_every_task_renders_a_valid_restricted_pod(monkeypatch):
             assert base["args"][:2] == ["stage", task.task_id]
             assert base["args"][-2:] == ["--xcom-file", "/airflow/xcom/return.json"]
             assert len(manifest["spec"]["containers"]) == 2  # the XCom sidecar, restricted as well
-            assert manifest["spec"]["nodeSelector"] == {"herd.dev/pool": "cpu"}
+            gpus = stage(task.task_id).resources.gpus
+            expected_pool = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"} if gpus else {"herd.dev/pool": "cpu"}
+            assert manifest["spec"]["nodeSelector"] == expected_pool
+            limits = base["resources"]["limits"]
+            assert limits.get("nvidia.com/gpu") == (str(gpus) if gpus else None)
             shm = next(v for v in manifest["spec"]["volumes"] if v["name"] == "dshm")
             assert shm["emptyDir"]["medium"] == "Memory"
         # No secret value is in the pod: credentials come from the Secret by reference only.

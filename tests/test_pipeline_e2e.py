@@ -21,15 +21,16 @@ def _demo(herd_home, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_dag_runs_data_stages_then_skips_them(udhr_subset, herd_home, monkeypatch):
-    args = ("--corpus", str(udhr_subset), "--set", "tokenizer.vocab_size=1024")
+    args = ("--corpus", str(udhr_subset), "--set", "tokenizer.vocab_size=1024", "--set", "pretrain.steps=4",
+            "--set", "pretrain.seq_len=64", "--set", "pretrain.batch_size=2")
     first = _demo(herd_home, *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert ": success in" in first.stdout
-    assert first.stdout.count(" computed ") == 2
+    assert first.stdout.count(" computed ") == 3
 
     second = _demo(herd_home, *args)
     assert second.returncode == 0, second.stderr[-5000:]
-    assert second.stdout.count(" reused (computed by ") == 2
+    assert second.stdout.count(" reused (computed by ") == 3
 
     monkeypatch.setenv("HERD_HOME", str(herd_home))
     from tasks.runtime import tracking
@@ -41,7 +42,7 @@ def test_dag_runs_data_stages_then_skips_them(udhr_subset, herd_home, monkeypatc
         children = client.search_runs([tracking.experiment_id(client)],
                                       filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         stages = sorted(c.data.tags["herd.stage"] for c in children)
-        assert stages == (["datamix", "tokenizer"] if parent.data.metrics["stages_computed"] == 2 else [])
+        assert stages == (["datamix", "pretrain", "tokenizer"] if parent.data.metrics["stages_computed"] == 3 else [])
         assert parent.data.params["datamix.min_chars"] == "40"
 
 

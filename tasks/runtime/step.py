@@ -189,8 +189,8 @@ def execute(
     tracker = StageRun.start(run_id, name, tags, params)
     if storage.exists(marker):
         storage.delete(marker)  # --force: readers must not take a folder being rewritten as complete
-    if not spec.resumable:
-        storage.delete_tree(out)
+    if force or not spec.resumable:
+        storage.delete_tree(out)  # a resumable stage keeps its checkpoints for a retry, not for --force
     remote = storage.is_s3(out)
     workdir = Path(tempfile.mkdtemp(prefix=f"herd-{name}-")) if remote else storage.local_path(out)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""Stage ``pretrain``: see :mod:`tasks.pretrain.stage`."""

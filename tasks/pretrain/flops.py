@@ -1,0 +1,47 @@
+"""Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak.
+
+On a GPU the peak is the device's dense bf16 figure; on the CPU it is measured at start-up
+as the best fp32 matmul throughput, so MFU says how close training gets to what this
+machine's matmul can do.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from herd.model import ModelConfig
+
+# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets.
+GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def training_flops_per_token(config: ModelConfig, active_params: int, seq_len: int) -> float:
+    """6 x active parameters (forward + backward matmuls) plus attention's score and value matmuls."""
+    attention = 0.0
+    for layer in range(config.n_layers):
+        span = seq_len if config.is_nope(layer) else min(seq_len, config.chunk_size)
+        # QK^T and AV, each 2*span*head_dim per head per token, causal halves it, x3 for backward.
+        attention += 3 * 2 * 2 * config.n_heads * config.head_dim * span / 2
+    return 6.0 * active_params + attention
+
+
+def peak_flops(device: torch.device) -> float:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_BF16_PEAK.items():
+            if key in name:
+                return value
+    return measured_matmul_peak()
+
+
+def measured_matmul_peak(size: int = 1024, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm up the BLAS threads
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best

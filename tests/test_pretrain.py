@@ -1,0 +1,88 @@
+"""Pretraining on the tokenizer's shards: the loss falls, the export loads, and a killed run resumes bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, herd, output_of
+from herd.pipeline import load_config
+from tasks.pretrain.data import TokenWindows
+from tasks.pretrain.train import lr_factor
+
+TINY = ["--set", "pretrain.seq_len=64", "--set", "pretrain.batch_size=2", "--set", "pretrain.steps=12",
+        "--set", "pretrain.checkpoint_every=4", "--set", "pretrain.log_every=2", "--set", "pretrain.warmup_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def tokens(udhr_subset, tmp_path_factory) -> str:
+    env = {"HERD_HOME": str(tmp_path_factory.mktemp("pre-home"))}
+    mix = output_of(herd("stage", "datamix", "--run", "pre", "--in", f"corpus={udhr_subset}", env=env))
+    return output_of(herd("stage", "tokenizer", "--run", "pre", "--in", f"mix={mix}",
+                          "--set", "tokenizer.vocab_size=1024", env=env))
+
+
+def test_loss_falls_and_the_export_loads_in_transformers(tokens, herd_home):
+    out = Path(output_of(herd("stage", "pretrain", "--run", "p", "--in", f"tokens={tokens}", *TINY)))
+    metrics = json.loads((out / "step.json").read_text())["metrics"]
+    assert metrics["final_loss"] < metrics["first_loss"] - 0.3
+    assert metrics["languages_seen"] >= 5
+    from transformers import Llama4ForCausalLM, PreTrainedTokenizerFast
+
+    model = Llama4ForCausalLM.from_pretrained(out / "hf")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(out / "hf")
+    ids = tokenizer("All human beings are born free", return_tensors="pt")["input_ids"]
+    assert model(ids).logits.shape == (1, ids.shape[1], len(tokenizer))
+    for report in ("tokens_by_language.csv", "expert_load.csv"):
+        assert (out / "reports" / report).exists()
+
+
+def test_killed_run_resumes_to_the_same_weights(tokens, tmp_path):
+    args = ["stage", "pretrain", "--run", "k", "--in", f"tokens={tokens}", *TINY]
+    straight = Path(output_of(herd(*args, env={"HERD_HOME": str(tmp_path / "straight")})))
+
+    env = {**os.environ, "HERD_HOME": str(tmp_path / "killed")}
+    process = subprocess.Popen([sys.executable, "-m", "tasks.cli", *args], cwd=REPO, env=env, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "checkpoint step-00000004" in line:
+            break
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_out = tmp_path / "killed" / "artifacts" / "pretrain" / straight.name
+    assert not (killed_out / "_SUCCESS").exists() and (killed_out / "checkpoints").exists()
+
+    retried = herd(*args, env={"HERD_HOME": str(tmp_path / "killed")})
+    assert "resuming from step-0000000" in retried.stderr
+    expected, resumed = load_file(straight / "model.safetensors"), load_file(killed_out / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+
+
+def test_windows_are_a_function_of_the_step(tokens):
+    windows = TokenWindows(Path(tokens) / "tokens", seq_len=32, batch_size=3, seed=7)
+    first, languages = windows.batch(5)
+    again, _ = TokenWindows(Path(tokens) / "tokens", seq_len=32, batch_size=3, seed=7).batch(5)
+    assert torch.equal(first, again) and first.shape == (3, 33)
+    assert sum(languages.values()) == 3 * 33
+    assert not torch.equal(first, windows.batch(6)[0])
+
+
+def test_schedules():
+    cosine = load_config("nano", {"pretrain.steps": 100, "pretrain.warmup_steps": 10}).pretrain
+    assert lr_factor(0, cosine) == pytest.approx(0.1) and lr_factor(9, cosine) == 1.0
+    assert lr_factor(99, cosine) == pytest.approx(0.1, abs=0.01)
+    wsd = load_config("nano", {"pretrain.steps": 100, "pretrain.warmup_steps": 10, "pretrain.schedule": "wsd",
+                               "pretrain.decay_fraction": 0.2}).pretrain
+    assert lr_factor(50, wsd) == 1.0 and lr_factor(79, wsd) == 1.0
+    assert lr_factor(99, wsd) == pytest.approx(0.1)
