@@ -31,7 +31,10 @@ Peak RSS is measured the same way for both sides: the largest resident set of an
 process in the run's process tree (sampled every 0.1 s with psutil, and combined with the
 kernel's ``ru_maxrss`` from ``wait4``, which covers waited-for descendants). herd's own
 ``peak_rss_mb`` from step.json is the same kind of figure and is reported alongside. The peak of
-the whole tree's summed RSS is reported too, for information.
+the whole tree's summed RSS is reported too, for information. The sampler also compares the
+tree's CPU time with the machine's: CPU used by anything else during a run (other jobs, hypervisor
+steal) is reported per side, with a warning under the table, since on a small shared machine it
+skews the timings more than anything measured here.
 
 MinHash is made comparable: both sides shingle character 5-grams of the lower-cased,
 whitespace-folded text (datatrove gets a one-character "word" tokenizer and a text normalisation
@@ -80,6 +83,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 GIB = 1 << 30
 MIB = 1 << 20
+LOAD_WARNING_CORES = 0.15  # CPU used outside the measured processes beyond this spoils a timing
 
 # ---------------------------------------------------------------------------------------------
 # Corpus generation
@@ -263,11 +267,22 @@ class Measured:
     process_wall_seconds: float
     peak_rss_mb: float  # the largest single process of the tree
     peak_tree_rss_mb: float  # the largest sum over the tree at one sample
+    cpu_seconds: float  # user + system time of the tree's processes
+    other_load_cores: float  # CPU used outside the tree (other jobs, this sampler), in cores on average
+    steal_cores: float  # CPU the hypervisor took away, in cores on average
     samples: int = 0
 
 
-class RssSampler(threading.Thread):
-    """Polls a process and all its descendants; keeps the largest single RSS and the largest sum."""
+def _busy_seconds(times) -> float:
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+class TreeSampler(threading.Thread):
+    """Polls a process and all its descendants: the largest single RSS, the largest sum, and CPU time.
+
+    Comparing the tree's CPU time with the whole machine's shows whether something else ran
+    meanwhile: on a small shared machine that is the first thing that spoils a timing.
+    """
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
@@ -276,7 +291,9 @@ class RssSampler(threading.Thread):
         self.stop = threading.Event()
         self.max_single = 0
         self.max_total = 0
+        self.cpu_by_pid: dict[int, float] = {}
         self.samples = 0
+        self.machine_start = psutil.cpu_times()
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -287,35 +304,51 @@ class RssSampler(threading.Thread):
             sizes = []
             for process in processes:
                 try:
-                    sizes.append(process.memory_info().rss)
+                    with process.oneshot():
+                        sizes.append(process.memory_info().rss)
+                        times = process.cpu_times()
                 except psutil.Error:  # exited between listing and reading
                     continue
+                self.cpu_by_pid[process.pid] = times.user + times.system
             if sizes:
                 self.max_single = max(self.max_single, *sizes)
                 self.max_total = max(self.max_total, sum(sizes))
                 self.samples += 1
             self.stop.wait(self.interval)
 
+    def finish(self) -> tuple[float, float, float]:
+        """(tree CPU seconds, machine busy seconds, machine steal seconds) since the start."""
+        self.stop.set()
+        self.join()
+        end = psutil.cpu_times()
+        busy = _busy_seconds(end) - _busy_seconds(self.machine_start)
+        steal = getattr(end, "steal", 0.0) - getattr(self.machine_start, "steal", 0.0)
+        return sum(self.cpu_by_pid.values()), busy, steal
+
 
 def run_measured(command: list[str], env: dict[str, str], stdout_path: Path, stderr_path: Path) -> Measured:
     clock = time.monotonic()
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
-        sampler = RssSampler(process.pid)
+        sampler = TreeSampler(process.pid)
         sampler.start()
         # wait4 rather than Popen.wait: its rusage is this child's own, so ru_maxrss is not mixed
         # up with an earlier child's (RUSAGE_CHILDREN would be a maximum over both runs).
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - clock
-    sampler.stop.set()
-    sampler.join()
+    tree_cpu, machine_busy, steal = sampler.finish()
+    # The root's own figure from the kernel is exact; the sampler may miss its last 0.1 s.
+    tree_cpu = max(tree_cpu, usage.ru_utime + usage.ru_stime)
     kernel_peak = usage.ru_maxrss * 1024  # Linux reports KiB
     return Measured(
         returncode=process.returncode,
         process_wall_seconds=round(wall, 2),
         peak_rss_mb=round(max(sampler.max_single, kernel_peak) / MIB, 1),
         peak_tree_rss_mb=round(sampler.max_total / MIB, 1),
+        cpu_seconds=round(tree_cpu, 1),
+        other_load_cores=round(max(0.0, machine_busy - tree_cpu) / wall, 2),
+        steal_cores=round(steal / wall, 2),
         samples=sampler.samples,
     )
 
@@ -381,9 +414,7 @@ def run_herd(corpus: Corpus, preset: str) -> Side:
             "first_pass_docs_per_second": metrics["docs_per_second"],
             "first_pass_mb_per_second": metrics["mb_per_second"],
             "step_json_peak_rss_mb": metrics["peak_rss_mb"],
-            "process_wall_seconds": measured.process_wall_seconds,
-            "peak_tree_rss_mb": measured.peak_tree_rss_mb,
-            "rss_samples": measured.samples,
+            "process": asdict(measured),
             "docs_out": metrics.get("docs_out"),
             "drops": {k.removeprefix("dropped_"): v for k, v in metrics.items() if k.startswith("dropped_")},
             "output": step["output"],
@@ -587,9 +618,7 @@ def run_datatrove(corpus: Corpus, preset: str, shingles: str) -> Side:
         details={
             "shingles": f"{SHINGLE}-grams of {shingles}",
             "stage_seconds": result["stage_seconds"],
-            "process_wall_seconds": measured.process_wall_seconds,
-            "peak_tree_rss_mb": measured.peak_tree_rss_mb,
-            "rss_samples": measured.samples,
+            "process": asdict(measured),
             "docs_read": _step(first_stage, "READER", "Jsonl").get("documents"),
             "docs_after_rules": _count_lines(work / "filtered"),
             "drops": {k.removeprefix("dropped_"): v for k, v in rules.items() if k.startswith("dropped_")},
@@ -628,6 +657,11 @@ def print_table(corpus: Corpus, sides: list[Side], ratio: dict[str, float] | Non
         if side.name == "herd":
             print(f"{'herd (first pass)':<38}{'':>10}{side.details['first_pass_docs_per_second']:>11.0f}"
                   f"{side.details['first_pass_mb_per_second']:>9.2f}")
+    for side in sides:
+        measured = side.details["process"]
+        if measured["other_load_cores"] > LOAD_WARNING_CORES or measured["steal_cores"] > LOAD_WARNING_CORES:
+            print(f"WARNING: during the {side.name} run other processes used {measured['other_load_cores']} "
+                  f"cores and the hypervisor stole {measured['steal_cores']} on average: its timing is disturbed")
     if ratio:
         print("\nherd vs datatrove (same corpus, same run):")
         for name, value in ratio.items():

@@ -37,7 +37,8 @@ from tasks.runtime.parallel import ordered_map, worker_count
 
 log = logging.getLogger(__name__)
 
-MAX_SHARD_BYTES = 256 << 20
+MAX_SHARD_BYTES = 64 << 20  # a shard is shuffled in memory: this bounds the stage's peak RSS
+PROGRESS_EVERY_DOCS = 100_000
 
 
 @dataclass
@@ -65,6 +66,7 @@ def _first_pass(corpus: str, config: DatamixConfig, scratch: Path) -> FirstPass:
     stats: Counter = Counter()
     exact_seen, near_seen = SeenKeys(), SeenKeys()
     docs_in = bytes_in = 0
+    next_report, clock = PROGRESS_EVERY_DOCS, time.monotonic()
     workers = worker_count(config.workers)
     log.info("datamix: reading %s with %d worker(s)", corpus, workers)
     with survivors.open("w", encoding="utf-8") as out:
@@ -73,6 +75,11 @@ def _first_pass(corpus: str, config: DatamixConfig, scratch: Path) -> FirstPass:
             result: BatchResult
             docs_in += result.docs_in
             bytes_in += result.bytes_in
+            if docs_in >= next_report:
+                elapsed = time.monotonic() - clock
+                log.info("datamix: %d docs (%.0f MB) read, %.0f docs/s, %.1f MB/s", docs_in, bytes_in / 1e6,
+                         docs_in / elapsed, bytes_in / 1e6 / elapsed)
+                next_report += PROGRESS_EVERY_DOCS
             drops.update(result.drops)
             stats.update(result.stats)
             for lang, count in result.dropped_by_language.items():
@@ -131,10 +138,12 @@ def _write_shards(first: FirstPass, plan: dict[str, Budget], config: DatamixConf
     shard_dir.mkdir(parents=True, exist_ok=True)
     shards = []
     for index, path in enumerate(bucket_paths):
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        # Bytes, not str: multilingual text decoded to str takes two to four times the memory.
+        lines = path.read_bytes().splitlines(keepends=True)
         random.Random(config.seed * 1_000_003 + index).shuffle(lines)
         shard = shard_dir / f"mix-{index:05d}.jsonl"
-        shard.write_text("".join(lines), encoding="utf-8")
+        with shard.open("wb") as handle:
+            handle.writelines(lines)
         shards.append({"path": f"shards/{shard.name}", "docs": len(lines), "bytes": shard.stat().st_size})
         path.unlink()
     return shards, actual_tokens
