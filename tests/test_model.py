@@ -115,3 +115,21 @@ def test_a_few_steps_lower_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_selection_bias_steers_tokens_towards_underloaded_experts():
+    torch.manual_seed(4)
+    config = nano().model_copy(update={"n_experts": 4})
+    moe = MoE(config)
+    for param in moe.parameters():
+        torch.nn.init.normal_(param, std=0.1)
+    with torch.no_grad():
+        moe.router.weight[0] += 0.5  # expert 0 wins most tokens
+    x = torch.randn(4, 64, config.dim)
+    _, before = moe(x)
+    for _ in range(200):
+        _, stats = moe(x)
+        moe.update_selection_bias(stats.tokens_per_expert, rate=0.01)
+    _, after = moe(x)
+    assert moe.selection_bias[0] < 0 < moe.selection_bias[1:].max()
+    assert after.tokens_per_expert.float().std() < 0.5 * before.tokens_per_expert.float().std()

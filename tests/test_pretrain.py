@@ -86,3 +86,19 @@ def test_schedules():
                                "pretrain.decay_fraction": 0.2}).pretrain
     assert lr_factor(50, wsd) == 1.0 and lr_factor(79, wsd) == 1.0
     assert lr_factor(99, wsd) == pytest.approx(0.1)
+
+
+def test_aux_loss_free_balancing_moves_the_selection_bias_and_warns_on_export(tokens, tmp_path):
+    from herd.model import nano
+    from tasks.model import hf
+    from tasks.pretrain.train import train
+
+    index = json.loads((Path(tokens) / "tokens" / "index.json").read_text())
+    config = load_config("nano", {"pretrain.router_balance": "bias", "pretrain.steps": 3, "pretrain.seq_len": 32,
+                                  "pretrain.batch_size": 2, "pretrain.checkpoint_every": 100}).pretrain
+    model, _ = train(nano().model_copy(update={"vocab_size": index["vocab_size"]}), config,
+                     Path(tokens) / "tokens", tmp_path, lambda step, metrics: None)
+    biases = [block.moe.selection_bias for block in model.layers if block.moe is not None]
+    assert all(b.abs().sum() > 0 for b in biases)
+    exported = json.loads((hf.export(model, tmp_path / "hf") / "config.json").read_text())
+    assert "selection bias" in exported["herd_warning"]

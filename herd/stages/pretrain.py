@@ -24,7 +24,11 @@ class PretrainConfig(StageConfig):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
-    aux_loss_coef: float = Field(0.01, ge=0, description="Weight of the router load-balancing loss.")
+    router_balance: Literal["aux_loss", "bias"] = Field(
+        "aux_loss", description="aux_loss: a balance loss; bias: aux-loss-free, a selection bias nudged towards balance."
+    )
+    aux_loss_coef: float = Field(0.01, ge=0, description="Weight of the router load-balancing loss (aux_loss).")
+    bias_update_rate: float = Field(1e-3, gt=0, description="Step of the selection-bias update (bias).")
     init_std: float = Field(0.02, gt=0)
     seed: int = 0
     checkpoint_every: int = operational(20, "Steps between checkpoints; resuming reproduces the same weights.")

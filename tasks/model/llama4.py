@@ -175,6 +175,12 @@ class MoE(nn.Module):
         # autograd from the load). Zero unless training turns it on.
         self.register_buffer("selection_bias", torch.zeros(config.n_experts), persistent=True)
 
+    @torch.no_grad()
+    def update_selection_bias(self, tokens_per_expert_E: torch.Tensor, rate: float) -> None:
+        """Aux-loss-free balancing: raise the bias of under-loaded experts, lower it for over-loaded ones."""
+        load_E = tokens_per_expert_E.float()
+        self.selection_bias += rate * torch.sign(load_E.mean() - load_E)
+
     def forward(self, x_BSD: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
         x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
         logits_TE = self.router(x_TD)

@@ -82,12 +82,16 @@ def train(model_config: ModelConfig, config: PretrainConfig, tokens_dir: Path, o
         batch, languages = data.batch(step)
         out_model = model(batch[:, :-1])
         lm_loss = F.cross_entropy(out_model.logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-        loss = lm_loss + config.aux_loss_coef * out_model.aux_loss
+        loss = lm_loss + config.aux_loss_coef * out_model.aux_loss if config.router_balance == "aux_loss" else lm_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
+        if config.router_balance == "bias":
+            moe_layers = [block.moe for block in model.layers if block.moe is not None]
+            for moe, stats in zip(moe_layers, out_model.router):
+                moe.update_selection_bias(stats.tokens_per_expert, config.bias_update_rate)
 
         tokens_since += batch[:, 1:].numel()
         history.tokens_by_language.update(languages)
