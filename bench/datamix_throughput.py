@@ -27,14 +27,16 @@ What it does:
    then buckets, clustering, and the dedup filter -> JsonlWriter. Measured: the wall time of all
    four stages together, docs kept.
 
-Peak RSS is measured the same way for both sides: the largest resident set of any *single*
-process in the run's process tree (sampled every 0.1 s with psutil, and combined with the
-kernel's ``ru_maxrss`` from ``wait4``, which covers waited-for descendants). herd's own
-``peak_rss_mb`` from step.json is the same kind of figure and is reported alongside. The peak of
-the whole tree's summed RSS is reported too, for information. The sampler also compares the
-tree's CPU time with the machine's: CPU used by anything else during a run (other jobs, hypervisor
-steal) is reported per side, with a warning under the table, since on a small shared machine it
-skews the timings more than anything measured here.
+Peak RSS is measured the same way for both sides: the largest peak resident set of any *single*
+process in the run's process tree (the kernel's ``VmHWM`` of every process, read every 0.1 s
+while it lives). herd's own ``peak_rss_mb`` from step.json is the same kind of figure and is
+reported alongside. The peak of the whole tree's summed RSS is reported too, for information.
+
+CPU seconds (user + system over the whole process tree) are reported too: on a shared machine they
+are steadier than wall time. The sampler compares them with the machine's busy time: CPU used by
+anything else during a run (other jobs, hypervisor steal) is reported per side, with a warning
+under the table, since on a small shared machine it skews the timings more than anything
+measured here.
 
 MinHash is made comparable: both sides shingle character 5-grams of the lower-cased,
 whitespace-folded text (datatrove gets a one-character "word" tokenizer and a text normalisation
@@ -266,8 +268,8 @@ def generate_corpus(udhr_jsonl: Path, gb: float, seed: int) -> Corpus:
 class Measured:
     returncode: int
     process_wall_seconds: float
-    peak_rss_mb: float  # the largest single process of the tree
-    peak_tree_rss_mb: float  # the largest sum over the tree at one sample
+    peak_rss_mb: float  # the largest peak (VmHWM) of any single process of the tree
+    peak_tree_rss_mb: float  # the largest sum of current RSS over the tree at one sample
     cpu_seconds: float  # user + system time of the tree's processes
     other_load_cores: float  # CPU used outside the tree (other jobs, this sampler), in cores on average
     steal_cores: float  # CPU the hypervisor took away, in cores on average
@@ -278,8 +280,20 @@ def _busy_seconds(times) -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
+def _high_water_bytes(pid: int) -> int:
+    """The kernel's exact peak RSS of one process (VmHWM), so a peak between two samples is not missed."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class TreeSampler(threading.Thread):
-    """Polls a process and all its descendants: the largest single RSS, the largest sum, and CPU time.
+    """Polls a process and all its descendants: peak RSS per process, the largest sum, and CPU time.
 
     Comparing the tree's CPU time with the whole machine's shows whether something else ran
     meanwhile: on a small shared machine that is the first thing that spoils a timing.
@@ -311,8 +325,8 @@ class TreeSampler(threading.Thread):
                 except psutil.Error:  # exited between listing and reading
                     continue
                 self.cpu_by_pid[process.pid] = times.user + times.system
+                self.max_single = max(self.max_single, _high_water_bytes(process.pid))
             if sizes:
-                self.max_single = max(self.max_single, *sizes)
                 self.max_total = max(self.max_total, sum(sizes))
                 self.samples += 1
             self.stop.wait(self.interval)
@@ -333,19 +347,18 @@ def run_measured(command: list[str], env: dict[str, str], stdout_path: Path, std
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
         sampler = TreeSampler(process.pid)
         sampler.start()
-        # wait4 rather than Popen.wait: its rusage is this child's own, so ru_maxrss is not mixed
-        # up with an earlier child's (RUSAGE_CHILDREN would be a maximum over both runs).
+        # wait4 for the CPU time of the root and every descendant it waited for, exact at exit.
+        # Its ru_maxrss is not used: a child started by (v)fork + exec inherits this process's
+        # peak RSS there, so it would report this script's memory, not the child's.
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - clock
     tree_cpu, machine_busy, steal = sampler.finish()
-    # The root's own figure from the kernel is exact; the sampler may miss its last 0.1 s.
     tree_cpu = max(tree_cpu, usage.ru_utime + usage.ru_stime)
-    kernel_peak = usage.ru_maxrss * 1024  # Linux reports KiB
     return Measured(
         returncode=process.returncode,
         process_wall_seconds=round(wall, 2),
-        peak_rss_mb=round(max(sampler.max_single, kernel_peak) / MIB, 1),
+        peak_rss_mb=round(sampler.max_single / MIB, 1),
         peak_tree_rss_mb=round(sampler.max_total / MIB, 1),
         cpu_seconds=round(tree_cpu, 1),
         other_load_cores=round(max(0.0, machine_busy - tree_cpu) / wall, 2),
@@ -381,6 +394,7 @@ class Side:
     docs_in: int
     docs_kept: int
     peak_rss_mb: float
+    cpu_seconds: float  # the whole child process tree, start-up included
     docs_per_second: float = 0.0
     mb_per_second: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
@@ -409,6 +423,7 @@ def run_herd(corpus: Corpus, preset: str) -> Side:
         docs_in=metrics["docs_in"],
         docs_kept=metrics["docs_kept"],
         peak_rss_mb=measured.peak_rss_mb,
+        cpu_seconds=measured.cpu_seconds,
         docs_per_second=round(metrics["docs_in"] / wall, 1),
         mb_per_second=round(corpus.bytes / 1e6 / wall, 3),
         details={
@@ -617,6 +632,7 @@ def run_datatrove(corpus: Corpus, preset: str, shingles: str) -> Side:
         docs_in=corpus.lines,  # the same files; datatrove's reader does not count the lines it skips
         docs_kept=_count_lines(work / "output"),
         peak_rss_mb=measured.peak_rss_mb,
+        cpu_seconds=measured.cpu_seconds,
         docs_per_second=round(corpus.lines / wall, 1),
         mb_per_second=round(corpus.bytes / 1e6 / wall, 3),
         details={
@@ -642,6 +658,7 @@ def ratios(herd: Side, baseline: Side) -> dict[str, float]:
         "herd first-pass docs/s / datatrove docs/s": round(
             herd.details["first_pass_docs_per_second"] / baseline.docs_per_second, 2
         ),
+        "cpu_seconds (datatrove / herd)": round(baseline.cpu_seconds / herd.cpu_seconds, 2),
         "peak_rss (herd / datatrove)": round(herd.peak_rss_mb / baseline.peak_rss_mb, 2),
         "docs_kept (herd / datatrove)": round(herd.docs_kept / baseline.docs_kept, 4),
     }
@@ -651,16 +668,17 @@ def print_table(corpus: Corpus, sides: list[Side], ratio: dict[str, float] | Non
     print(f"\ncorpus: {corpus.folder}  {corpus.bytes / 1e9:.3f} GB ({corpus.bytes / GIB:.3f} GiB), "
           f"{corpus.lines} lines, {corpus.files} files; generated in {corpus.generation_seconds} s")
     print(f"machine: {machine()['cpu']}, {os.cpu_count()} cores; numbers are for this machine in this run\n")
-    header = f"{'':<38}{'wall s':>10}{'docs/s':>11}{'MB/s':>9}{'peak RSS MB':>13}{'docs in':>10}{'docs kept':>11}"
+    header = (f"{'':<38}{'wall s':>9}{'CPU s':>9}{'docs/s':>9}{'MB/s':>7}{'peak RSS MB':>13}"
+              f"{'docs in':>10}{'docs kept':>11}")
     print(header)
     print("-" * len(header))
     for side in sides:
         label = "herd (whole stage)" if side.name == "herd" else f"datatrove (4 stages, {side.details['shingles']})"
-        print(f"{label:<38}{side.wall_seconds:>10.1f}{side.docs_per_second:>11.0f}{side.mb_per_second:>9.2f}"
-              f"{side.peak_rss_mb:>13.0f}{side.docs_in:>10}{side.docs_kept:>11}")
+        print(f"{label:<38}{side.wall_seconds:>9.1f}{side.cpu_seconds:>9.0f}{side.docs_per_second:>9.0f}"
+              f"{side.mb_per_second:>7.2f}{side.peak_rss_mb:>13.0f}{side.docs_in:>10}{side.docs_kept:>11}")
         if side.name == "herd":
-            print(f"{'herd (first pass)':<38}{'':>10}{side.details['first_pass_docs_per_second']:>11.0f}"
-                  f"{side.details['first_pass_mb_per_second']:>9.2f}")
+            print(f"{'herd (first pass)':<38}{'':>18}{side.details['first_pass_docs_per_second']:>9.0f}"
+                  f"{side.details['first_pass_mb_per_second']:>7.2f}")
     for side in sides:
         measured = side.details["process"]
         if measured["other_load_cores"] > LOAD_WARNING_CORES or measured["steal_cores"] > LOAD_WARNING_CORES:

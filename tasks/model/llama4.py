@@ -144,12 +144,15 @@ class Experts(nn.Module):
 
     def forward(self, routed_in_AD: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
         """``routed_in_AD`` is sorted by expert; expert e gets the next ``tokens_per_expert[e]`` rows."""
+        # unbind once: indexing the stacked parameter per expert would make backward build
+        # one full-size gradient per expert and sum them, E times the memory traffic.
+        gate_up_EDF2, down_EFD = self.gate_up.unbind(0), self.down.unbind(0)
         outputs = []
         for expert, rows_GD in enumerate(torch.split(routed_in_AD, tokens_per_expert)):
             if rows_GD.shape[0] == 0:
                 continue
-            gate_GF, up_GF = (rows_GD @ self.gate_up[expert]).chunk(2, dim=-1)
-            outputs.append((F.silu(gate_GF) * up_GF) @ self.down[expert])
+            gate_GF, up_GF = (rows_GD @ gate_up_EDF2[expert]).chunk(2, dim=-1)
+            outputs.append((F.silu(gate_GF) * up_GF) @ down_EFD[expert])
         return torch.cat(outputs) if outputs else routed_in_AD.new_zeros(0, self.down.shape[-1])
 
 
