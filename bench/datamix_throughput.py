@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import fcntl
 import itertools
 import json
 import os
@@ -526,7 +527,10 @@ def datatrove_minhash_config():
 
 
 def _step_totals(logging_dir: Path) -> dict[str, dict[str, float]]:
-    """A stage's merged stats.json as {step: {stat: total}}, plus the seconds the step took over all tasks."""
+    """A stage's merged stats.json as {step: {stat: total}}, plus the seconds the step took over all tasks.
+
+    MinhashDedupSignature times its whole loop, so its seconds include the steps that feed it.
+    """
     totals: dict[str, dict[str, float]] = {}
     for step in json.loads((logging_dir / "stats.json").read_text()):
         counts = {key: value["total"] if isinstance(value, dict) else value for key, value in step["stats"].items()}
@@ -726,6 +730,16 @@ def versions() -> dict[str, str]:
     return found
 
 
+def hold_lock():
+    """One run at a time: runs share bench/out/herd-home and datatrove-work, and would time each other."""
+    handle = (OUT / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit("another datamix_throughput run is using bench/out; wait for it to finish") from None
+    return handle  # the lock lasts as long as the handle stays open
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gb", type=float, default=1.0, help="corpus size in GiB (default 1.0)")
@@ -746,6 +760,7 @@ def main() -> None:
     from tasks.runtime.home import herd_home
 
     OUT.mkdir(parents=True, exist_ok=True)
+    lock = hold_lock()  # noqa: F841 - kept open for the whole run
     code = git_state()  # before the runs: the code they import
     corpus = generate_corpus(udhr_source(herd_home()), args.gb, args.seed)
     print(f"corpus ready: {corpus.folder} ({corpus.bytes / GIB:.3f} GiB, {corpus.lines} lines, "
