@@ -89,6 +89,14 @@ def test_stages_read_and_write_s3(s3, s3_server, udhr_subset, herd_home):
     s3.head_object(Bucket="herd", Key=f"{tok_prefix}/tokens/index.json")
     s3.head_object(Bucket="herd", Key=f"{tok_prefix}/_SUCCESS")
 
+    pre = output_of(herd("stage", "pretrain", "--run", "s3", "--in", f"tokens={tok}", "--out", root,
+                         "--set", "pretrain.steps=4", "--set", "pretrain.seq_len=32", "--set", "pretrain.batch_size=2",
+                         "--set", "pretrain.checkpoint_every=2", env=s3_server))
+    pre_prefix = pre.removeprefix("s3://herd/")
+    for key in ("_SUCCESS", "hf/config.json", "hf/tokenizer.json", "model.safetensors",
+                "checkpoints/step-00000004/_COMPLETE", "checkpoints/step-00000004/optimizer.safetensors"):
+        s3.head_object(Bucket="herd", Key=f"{pre_prefix}/{key}")
+
     again = herd("stage", "datamix", "--run", "s3b", "--in", "corpus=s3://herd/raw", "--out", root, env=s3_server)
     assert output_of(again) == mix and "skipping" in again.stderr
 

@@ -33,15 +33,6 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def _local_tokenizer_output(uri: str, scratch: Path) -> Path:
-    if not storage.is_s3(uri):
-        return storage.local_path(uri)
-    for entry in storage.list_files(uri):
-        if entry.relative.startswith("tokens/") or entry.relative in TOKENIZER_FILES:
-            storage.download(entry.uri, scratch / entry.relative)
-    return scratch
-
-
 def _reports(ctx, history: History) -> None:
     total = sum(history.tokens_by_language.values()) or 1
     log_csv(ctx, "tokens_by_language.csv", [
@@ -78,7 +69,8 @@ def _reports(ctx, history: History) -> None:
 def run(ctx) -> dict:
     config: PretrainConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-pretrain-") as tmp:
-        tokenizer_dir = _local_tokenizer_output(ctx.inputs["tokens"], Path(tmp))
+        tokenizer_dir = storage.localize(ctx.inputs["tokens"], Path(tmp),
+                                         lambda relative: relative.startswith("tokens/") or relative in TOKENIZER_FILES)
         index = json.loads((tokenizer_dir / "tokens" / "index.json").read_text())
         preset = model_preset(config.model)
         model_config = preset.model_copy(update={"vocab_size": index["vocab_size"],

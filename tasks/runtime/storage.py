@@ -216,6 +216,16 @@ def download(uri: str, dest: Path) -> Path:
     return dest
 
 
+def localize(uri: str, scratch: Path, include=lambda relative: True) -> Path:
+    """A local folder holding ``uri``'s files: the folder itself when local, else a download into ``scratch``."""
+    if not is_s3(uri):
+        return local_path(uri)
+    for entry in list_files(uri):
+        if include(entry.relative):
+            download(entry.uri, scratch / entry.relative)
+    return scratch
+
+
 def upload_tree(local_dir: Path, uri: str, skip: set[str] = frozenset()) -> None:
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         relative = path.relative_to(local_dir).as_posix()

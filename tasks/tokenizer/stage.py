@@ -28,12 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def _local_shards(mix: str, scratch: Path) -> list[Path]:
-    manifest = json.loads(storage.read_text(storage.join(mix, "manifest.json")))
-    paths = []
-    for shard in manifest["shards"]:
-        uri = storage.join(mix, shard["path"])
-        paths.append(storage.download(uri, scratch / shard["path"]) if storage.is_s3(uri) else storage.local_path(uri))
-    return paths
+    folder = storage.localize(mix, scratch, lambda relative: relative == "manifest.json" or relative.startswith("shards/"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [folder / shard["path"] for shard in manifest["shards"]]
 
 
 def _docs(paths: list[Path]) -> Iterator[dict]:
