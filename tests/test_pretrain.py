@@ -102,3 +102,25 @@ def test_aux_loss_free_balancing_moves_the_selection_bias_and_warns_on_export(to
     assert all(b.abs().sum() > 0 for b in biases)
     exported = json.loads((hf.export(model, tmp_path / "hf") / "config.json").read_text())
     assert "selection bias" in exported["herd_warning"]
+
+
+def test_mup_scales_hidden_and_output_learning_rates_and_inits_with_width():
+    from herd.model import nano
+    from tasks.model.llama4 import Llama4
+    from tasks.pretrain.train import param_groups, width_mult
+
+    config = load_config("nano", {"pretrain.mup_base_dim": 128, "pretrain.lr": 0.01}).pretrain
+    wide = nano().model_copy(update={"dim": 512, "vocab_size": 300})
+    mult = width_mult(wide, config)
+    assert mult == 4.0
+    groups = {g["name"]: g for g in param_groups(Llama4(wide), config, mult)}
+    assert groups["embedding"]["lr"] == 0.01 and groups["norms"]["lr"] == 0.01
+    assert groups["hidden"]["lr"] == groups["output"]["lr"] == 0.0025
+    assert groups["norms"]["weight_decay"] == 0.0
+
+    torch.manual_seed(0)
+    model = Llama4(wide)
+    model.init_weights(std=0.02, width_mult=mult)
+    assert model.tok_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.layers[0].attention.wq.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert model.output.weight.std().item() == pytest.approx(0.005, rel=0.05)

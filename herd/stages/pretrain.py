@@ -30,6 +30,9 @@ class PretrainConfig(StageConfig):
     aux_loss_coef: float = Field(0.01, ge=0, description="Weight of the router load-balancing loss (aux_loss).")
     bias_update_rate: float = Field(1e-3, gt=0, description="Step of the selection-bias update (bias).")
     init_std: float = Field(0.02, gt=0)
+    mup_base_dim: int | None = Field(
+        None, gt=0, description="µP: the width the LR and init were tuned at; None trains in the standard parametrisation."
+    )
     seed: int = 0
     checkpoint_every: int = operational(20, "Steps between checkpoints; resuming reproduces the same weights.")
     log_every: int = operational(5, "Steps between metric logs.")

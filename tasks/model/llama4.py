@@ -235,6 +235,24 @@ class Output:
         return torch.stack([r.aux_loss for r in self.router]).mean() if self.router else self.logits.new_zeros(())
 
 
+def param_group(name: str) -> str:
+    """The µP role of a parameter: ``embedding``, ``hidden`` (matrices inside blocks), ``output`` or ``norms``.
+
+    Under µP with Adam (Tensor Programs V), as the width grows by m relative to a tuned
+    base, hidden matrices get init std / sqrt(m) and LR / m, the output layer init std / m
+    and LR / m, embeddings and norms stay as tuned: so one LR tuned on a narrow proxy
+    transfers to the wide model. That is herd's stand-in for MetaP, whose formulas are
+    unpublished.
+    """
+    if name.startswith("tok_embeddings"):
+        return "embedding"
+    if name.startswith("output"):
+        return "output"
+    if "norm" in name:
+        return "norms"
+    return "hidden"
+
+
 class Llama4(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -255,12 +273,19 @@ class Llama4(nn.Module):
         return Output(self.output(self.norm(h)), stats)
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None,
+                     width_mult: float = 1.0) -> None:
+        """Normal init; with ``width_mult`` > 1, µP scaling (see :func:`param_group`)."""
         for name, param in self.named_parameters():
-            if name.endswith("norm.weight"):
+            group = param_group(name)
+            if group == "norms":
                 param.fill_(1.0)
-            else:
+            elif group == "embedding":
                 param.normal_(0.0, std, generator=generator)
+            elif group == "output":
+                param.normal_(0.0, std / width_mult, generator=generator)
+            else:
+                param.normal_(0.0, std / width_mult**0.5, generator=generator)
 
     def num_params(self, active: bool = False) -> int:
         """All parameters, or those one token uses (top_k of E routed experts per MoE layer)."""

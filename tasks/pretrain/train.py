@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from herd.model import ModelConfig
 from herd.stages.pretrain import PretrainConfig
-from tasks.model.llama4 import Llama4
+from tasks.model.llama4 import Llama4, param_group
 from tasks.pretrain import checkpoint
 from tasks.pretrain.data import TokenWindows
 
@@ -39,11 +39,21 @@ def lr_factor(step: int, config: PretrainConfig) -> float:
     return 1.0 - (1.0 - floor) * (step - decay_start + 1) / max(1, config.steps - decay_start)
 
 
-def param_groups(model: Llama4, config: PretrainConfig) -> list[dict]:
-    """Weight decay on matrices only; norms and the selection bias are left alone."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    return [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def width_mult(model_config: ModelConfig, config: PretrainConfig) -> float:
+    return model_config.dim / config.mup_base_dim if config.mup_base_dim else 1.0
+
+
+def param_groups(model: Llama4, config: PretrainConfig, mult: float = 1.0) -> list[dict]:
+    """One AdamW group per µP role: hidden and output LRs scale by 1/width_mult; decay on matrices only."""
+    lr_scale = {"embedding": 1.0, "hidden": 1.0 / mult, "output": 1.0 / mult, "norms": 1.0}
+    groups: dict[str, list] = {role: [] for role in lr_scale}
+    for name, param in model.named_parameters():
+        groups[param_group(name)].append(param)
+    return [
+        {"name": role, "params": params, "lr": config.lr * lr_scale[role],
+         "weight_decay": 0.0 if role == "norms" else config.weight_decay}
+        for role, params in groups.items() if params
+    ]
 
 
 def expert_load(router_stats) -> list[list[float]]:
@@ -66,8 +76,9 @@ def train(model_config: ModelConfig, config: PretrainConfig, tokens_dir: Path, o
     torch.manual_seed(config.seed)
     data = TokenWindows(tokens_dir, config.seq_len, config.batch_size, config.seed)
     model = Llama4(model_config)
-    model.init_weights(std=config.init_std, generator=torch.Generator().manual_seed(config.seed))
-    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr, betas=(config.beta1, config.beta2),
+    mult = width_mult(model_config, config)
+    model.init_weights(std=config.init_std, generator=torch.Generator().manual_seed(config.seed), width_mult=mult)
+    optimizer = torch.optim.AdamW(param_groups(model, config, mult), lr=config.lr, betas=(config.beta1, config.beta2),
                                   foreach=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     start = 0
@@ -112,7 +123,7 @@ def train(model_config: ModelConfig, config: PretrainConfig, tokens_dir: Path, o
                 "loss": lm_loss.item(),
                 "aux_loss": out_model.aux_loss.item(),
                 "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
+                **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups},
                 "tokens_per_second": tokens_per_second,
                 **{f"expert_load_cv/layer{i}": _cv(layer) for i, layer in enumerate(loads)},
             }
