@@ -97,6 +97,15 @@ def test_stages_read_and_write_s3(s3, s3_server, udhr_subset, herd_home):
                 "checkpoints/step-00000004/_COMPLETE", "checkpoints/step-00000004/optimizer.safetensors"):
         s3.head_object(Bucket="herd", Key=f"{pre_prefix}/{key}")
 
+    # A retry on a fresh machine finds its checkpoints only on S3: it resumes from the last one.
+    weights = s3.get_object(Bucket="herd", Key=f"{pre_prefix}/model.safetensors")["Body"].read()
+    s3.delete_object(Bucket="herd", Key=f"{pre_prefix}/_SUCCESS")
+    retried = herd("stage", "pretrain", "--run", "s3c", "--in", f"tokens={tok}", "--out", root,
+                   "--set", "pretrain.steps=4", "--set", "pretrain.seq_len=32", "--set", "pretrain.batch_size=2",
+                   "--set", "pretrain.checkpoint_every=2", env=s3_server)
+    assert output_of(retried) == pre and "resuming from step-00000004 at step 4" in retried.stderr
+    assert s3.get_object(Bucket="herd", Key=f"{pre_prefix}/model.safetensors")["Body"].read() == weights
+
     again = herd("stage", "datamix", "--run", "s3b", "--in", "corpus=s3://herd/raw", "--out", root, env=s3_server)
     assert output_of(again) == mix and "skipping" in again.stderr
 
