@@ -44,30 +44,29 @@ _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
+_TO_HF_TOP, _TO_HF_LAYER = dict(_TOP_RENAMES), dict(_LAYER_RENAMES)
+_FROM_HF_TOP = {theirs: ours for ours, theirs in _TOP_RENAMES}
+_FROM_HF_LAYER = {theirs: ours for ours, theirs in _LAYER_RENAMES}
+
+
 def to_hf_name(name: str) -> str | None:
     """None for state that transformers has no place for (the selection bias)."""
-    for ours, theirs in _TOP_RENAMES:
-        if name == ours:
-            return theirs
+    if name in _TO_HF_TOP:
+        return _TO_HF_TOP[name]
     match = _LAYER.match(name)
-    if match:
-        for ours, theirs in _LAYER_RENAMES:
-            if match.group(2) == ours:
-                return f"model.layers.{match.group(1)}.{theirs}"
+    if match and match.group(2) in _TO_HF_LAYER:
+        return f"model.layers.{match.group(1)}.{_TO_HF_LAYER[match.group(2)]}"
     if name.endswith("selection_bias"):
         return None
     raise KeyError(f"no Hugging Face name for parameter {name!r}")
 
 
 def from_hf_name(name: str) -> str:
-    for ours, theirs in _TOP_RENAMES:
-        if name == theirs:
-            return ours
+    if name in _FROM_HF_TOP:
+        return _FROM_HF_TOP[name]
     match = _HF_LAYER.match(name)
-    if match:
-        for ours, theirs in _LAYER_RENAMES:
-            if match.group(2) == theirs:
-                return f"layers.{match.group(1)}.{ours}"
+    if match and match.group(2) in _FROM_HF_LAYER:
+        return f"layers.{match.group(1)}.{_FROM_HF_LAYER[match.group(2)]}"
     raise KeyError(f"unexpected tensor {name!r} in a Llama 4 text checkpoint")
 
 

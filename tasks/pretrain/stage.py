@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from herd.model import model_preset
 from herd.stages.pretrain import PretrainConfig
 from tasks.model import hf
+from tasks.model.info import model_info
 from tasks.pretrain.flops import peak_flops, training_flops_per_token
 from tasks.pretrain.train import History, train
 from tasks.runtime import storage
@@ -75,11 +76,8 @@ def run(ctx) -> dict:
         preset = model_preset(config.model)
         model_config = preset.model_copy(update={"vocab_size": index["vocab_size"],
                                                  "max_seq_len": max(preset.max_seq_len, config.seq_len)})
-        with torch.device("meta"):
-            from tasks.model.llama4 import Llama4
-
-            shape = Llama4(model_config)
-        total, active = shape.num_params(), shape.num_params(active=True)
+        info = model_info(model_config)
+        total, active = info["total_params"], info["active_params"]
         flops = training_flops_per_token(model_config, active, config.seq_len)
         peak = peak_flops(torch.device("cpu"))
         log.info("pretrain: %s, %.1fM parameters (%.1fM active), peak %.1f GFLOP/s measured",

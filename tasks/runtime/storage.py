@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -198,8 +199,6 @@ def open_read(uri: str) -> IO[bytes]:
             return open(local_path(uri), "rb")
         except OSError as err:
             raise StorageError(f"cannot read {uri}: {err.strerror}") from err
-    import io
-
     bucket, key = _split_s3(uri)
     raw = _s3_call("get", uri, _s3().get_object, Bucket=bucket, Key=key)["Body"]._raw_stream
     raw.auto_close = False  # else urllib3 closes the stream under the buffered reader at its end
