@@ -68,7 +68,7 @@ def generate(count: int, seed: int, words: list[str] | None = None, max_length: 
         prompt = rng.choice(op.templates).format(w=word, c=letter)
         answer = op.apply(word, letter)
         difficulty = _length_difficulty(word) + op.extra
-        meta = {"family": op.name, "length": len(word)}
+        meta = {"family": op.name, "word": word, "length": len(word)}
         if isinstance(answer, int):
             return make_problem("strings", difficulty, prompt, str(answer), "numeric", {"answer": answer}, meta)
         return make_problem("strings", difficulty, prompt, answer, "exact", {"answer": answer, "case_sensitive": True}, meta)

@@ -163,9 +163,9 @@ def continuation(declarations: dict[str, Declaration], languages: list[str], cou
         scale = 1 if spaced else 2
         want = rng.randint(1, 8) * scale
         prefix_len = rng.randint(3, 10) * scale
-        while prefix_len < len(units) - want and texts[declaration.lang].count(_join(units[:prefix_len], spaced)) > 1:
+        while prefix_len + want <= len(units) and texts[declaration.lang].count(_join(units[:prefix_len], spaced)) > 1:
             prefix_len += scale
-        if prefix_len + want > len(units):
+        if prefix_len + want > len(units):  # no opening of this paragraph is unique with room left to continue
             return None
         prefix, target = _join(units[:prefix_len], spaced), _join(units[prefix_len:prefix_len + want], spaced)
         unit = "word" if spaced else "character"
