@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from herd.stages.problems import ProblemsConfig
 from tasks.problems import arithmetic, code, strings, udhr
 from tasks.problems.build import build_problem_sets, generate_all
-from tasks.problems.checkers import check, score
+from tasks.problems.checkers import check, score, score_all
 from tasks.problems.chrf import chrf
 from tasks.problems.item import CAPABILITIES, SYSTEM_PROMPTS, Problem, read_jsonl, system_prompt, write_jsonl
 from tasks.problems.sandbox import run_code
@@ -42,6 +42,7 @@ def test_exact_takes_the_reply_not_a_list_of_guesses():
     assert check("exact", args, "olleh<|eot|>") == 1.0
     assert check("exact", args, "olleh<|eot|>sampled past the end") == 1.0
     assert check("exact", args, "Answer: `olleh`.") == 1.0
+    assert check("exact", args, "The word reversed.\nThe answer is **olleh**") == 1.0
     assert check("exact", args, '"olleh"') == 1.0
     assert check("exact", args, "hello olleh ohell") == 0.0
     assert check("exact", args, "OLLEH") == 0.0
@@ -53,6 +54,7 @@ def test_numeric_reads_the_stated_or_last_number():
     assert check("numeric", {"answer": 42}, "42<|eot|>") == 1.0
     assert check("numeric", {"answer": 42}, "17+25=42") == 1.0
     assert check("numeric", {"answer": 42}, "The answer is 42. (40 + 2)") == 1.0
+    assert check("numeric", {"answer": 42}, "Answer: 41. No, the answer is 42, from 40 + 2") == 1.0
     assert check("numeric", {"answer": -8}, "-8") == 1.0
     assert check("numeric", {"answer": 1234}, "1,234") == 1.0
     assert check("numeric", {"answer": 42}, "41") == 0.0
@@ -107,6 +109,19 @@ def test_code_answers_are_extracted_from_fences_tags_or_bare_text():
     assert score(item, "I cannot write code.") == 0.0
 
 
+def test_a_batch_is_scored_in_order_with_code_checks_in_parallel():
+    item = _family_item("linear")
+    a, b = item.meta["a"], item.meta["b"]
+    slow = "import time\ntime.sleep(0.5)\n"  # waits without CPU, like a sandbox process starting up
+    right, wrong = f"{slow}def f(x):\n    return {a} * x + {b}\n", f"{slow}def f(x):\n    return 0\n"
+    start = time.monotonic()
+    rewards = score_all([item] * 8, [right, wrong] * 4, workers=8)
+    assert rewards == [1.0, 0.0] * 4
+    assert time.monotonic() - start < 8 * 0.5  # not one after the other
+    with pytest.raises(ValueError):
+        score_all([item], [])
+
+
 def test_wrong_code_gets_partial_credit_for_the_tests_it_passes():
     item = _family_item("clamp")
     lo, hi = item.meta["lo"], item.meta["hi"]
@@ -152,7 +167,8 @@ def test_fork_bombs_huge_files_and_memory_hogs_score_zero_and_leave_nothing(tmp_
         "threads": "import threading\ndef f(x):\n    threading.Thread(target=lambda: None).start()\n    return 0\n",
         "file": "def f(x):\n    open('big', 'w').write('x' * 50_000_000)\n    return 0\n",
         "memory": "def f(x):\n    return len('x' * 10**10)\n",
-        "spoof": "import os\nos.write(1, b'{\"outputs\": [{\"value\": 0}]}\\n')\nprint('{\"outputs\": []}')\ndef f(x):\n    os._exit(0)\n",
+        "spoof": ("import os\nos.write(1, b'{\"outputs\": [{\"value\": 0}]}\\n')\nprint('{\"outputs\": []}')\n"
+                  "def f(x):\n    os._exit(0)\n"),
     }
     for name, attack in attacks.items():
         run = run_code(attack, "f", [[1]], time_limit_s=2.0)
@@ -400,8 +416,10 @@ def test_build_writes_counts_that_match_its_files_and_nothing_partial(tmp_path, 
 
 
 def test_config_refuses_bad_fields_and_every_field_moves_the_output():
-    with pytest.raises(ValidationError, match="ISO 639-3"):
+    with pytest.raises(ValidationError, match="languages.0"):
         ProblemsConfig(languages=["en"])
+    same = ProblemsConfig(languages=["fra", "eng", "fra"])
+    assert same.versioned_fields() == ProblemsConfig(languages=["eng", "fra"]).versioned_fields()
     with pytest.raises(ValidationError):
         ProblemsConfig(count_sudoku=3)
     with pytest.raises(ValidationError):

@@ -1,6 +1,7 @@
 """Checkers by name: a raw completion and the item's checker args in, a reward in [0, 1] out.
 
-    score(problem, completion) -> float        # what RL, DPO and the SFT judge call
+    score(problem, completion) -> float                 # what RL, DPO and the SFT judge call
+    score_all(problems, completions, workers) -> list    # a batch, code checks in parallel
 
 | name | args | reward |
 |---|---|---|
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
 
 from tasks.problems import extract
 from tasks.problems.chrf import chrf
@@ -74,7 +76,8 @@ def check_code(completion: str, entry: str, tests: list[dict[str, Any]], time_li
 def _same(got: Any, expected: Any) -> bool:
     # Results crossed JSON, so tuples arrive as lists; floats compare with a tolerance.
     if isinstance(expected, float) or isinstance(got, float):
-        return isinstance(got, (int, float)) and not isinstance(got, bool) and math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9)
+        number = isinstance(got, (int, float)) and not isinstance(got, bool)
+        return number and math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9)
     if isinstance(expected, list):
         return isinstance(got, list) and len(got) == len(expected) and all(map(_same, got, expected))
     return type(got) is type(expected) and got == expected
@@ -100,3 +103,14 @@ def check(checker: str, checker_args: dict[str, Any], completion: str) -> float:
 def score(problem: Problem, completion: str) -> float:
     """The reward of a raw completion (special tokens, fences and all) for ``problem``."""
     return check(problem.checker, problem.checker_args, completion)
+
+
+def score_all(problems: Sequence[Problem], completions: Sequence[str], workers: int = 8) -> list[float]:
+    """Rewards for a batch (an RL group, a DPO candidate set), in order.
+
+    Threads suffice: a code check waits on its sandbox process, and the others take microseconds.
+    """
+    if len(problems) != len(completions):
+        raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(score, problems, completions))

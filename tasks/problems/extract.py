@@ -16,7 +16,7 @@ _END = re.compile(r"<\|(?:eot|eom|end_of_text)\|>")
 _SPECIAL = re.compile(r"<\|[a-z_0-9]+\|>")
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _PYTHON_TAG = re.compile(r"<\|python_start\|>(.*?)(?:<\|python_end\|>|\Z)", re.S)
-_ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*(.+)", re.I | re.S)
+_ANSWER_IS = re.compile(r"\b(?:final answer|answer)\s*(?:is|:|=)\s*", re.I)
 _WRAPPERS = "`'\"*“”‘’«»"
 _NUMBER = re.compile(r"[-−+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -39,14 +39,19 @@ def tidy(text: str) -> str:
     return text
 
 
+def stated(text: str) -> str | None:
+    """What follows the last "answer is"/"Answer:", if the reply says it."""
+    marks = list(_ANSWER_IS.finditer(text))
+    return text[marks[-1].end():].strip() if marks else None
+
+
 def answer_candidates(completion: str) -> list[str]:
-    """The whole reply, the text after "answer is"/"Answer:", its first line: each tidied."""
+    """The whole reply, the text after the last "answer is"/"Answer:" and its first line, the reply's first line: tidied."""
     text = body(completion)
     candidates = [tidy(text)]
-    said = _ANSWER_IS.findall(text)
+    said = stated(text)
     if said:
-        tail = said[-1].strip()
-        candidates += [tidy(tail), tidy(tail.splitlines()[0] if tail else "")]
+        candidates += [tidy(said), tidy(said.splitlines()[0])]
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) > 1:
         candidates.append(tidy(lines[0]))
@@ -56,8 +61,8 @@ def answer_candidates(completion: str) -> list[str]:
 def final_number(completion: str) -> float | None:
     """The number stated as the answer ("answer is 42"), else the last number in the reply."""
     text = body(completion)
-    said = _ANSWER_IS.findall(text)
-    if said and (numbers := _NUMBER.findall(said[-1])):
+    said = stated(text)
+    if said and (numbers := _NUMBER.findall(said)):
         return _to_float(numbers[0])
     numbers = _NUMBER.findall(text)
     return _to_float(numbers[-1]) if numbers else None

@@ -83,7 +83,8 @@ def _landlock(workdir, readable):
         except OSError:
             continue
         rule = _PathBeneath(access if os.path.isdir(path) else access & (_FS_EXECUTE | _FS_READ_FILE), fd)
-        libc.syscall(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint32(0))
+        libc.syscall(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule),
+                     ctypes.c_uint32(0))
         os.close(fd)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         return False

@@ -14,7 +14,7 @@ import hashlib
 import json
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,14 +85,6 @@ def system_prompt(problem: Problem, seed: int) -> str | None:
         return problem.system
     slot = int(stable_fraction(f"system:{seed}:{problem.id}") * (len(SYSTEM_PROMPTS) + 1))
     return SYSTEM_PROMPTS[slot] if slot < len(SYSTEM_PROMPTS) else None
-
-
-def unique(problems: Iterable[Problem]) -> Iterator[Problem]:
-    seen: set[str] = set()
-    for problem in problems:
-        if problem.id not in seen:
-            seen.add(problem.id)
-            yield problem
 
 
 def write_jsonl(problems: Iterable[Problem], path: Path) -> int:

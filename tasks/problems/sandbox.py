@@ -61,7 +61,8 @@ def run_code(code: str, entry: str, calls: list[list[Any]], time_limit_s: float 
         "code": code, "entry": entry, "calls": calls,
         "cpu_s": max(1, int(time_limit_s + 0.999)), "memory_mb": memory_mb, "file_mb": RESULT_LIMIT_MB,
     })
-    with tempfile.TemporaryDirectory(prefix="herd-sandbox-") as work, tempfile.TemporaryDirectory(prefix="herd-result-") as own:
+    with tempfile.TemporaryDirectory(prefix="herd-sandbox-") as work, \
+            tempfile.TemporaryDirectory(prefix="herd-result-") as own:
         if os.getuid() == 0:
             os.chown(work, NOBODY, NOBODY)
         result_path = Path(own) / "result"
@@ -83,7 +84,8 @@ def run_code(code: str, entry: str, calls: list[list[Any]], time_limit_s: float 
                 process.wait()
         elapsed = time.monotonic() - start
         result = {} if timed_out else _result(result_path, len(calls))
-    outputs = result.get("outputs") or [{"error": "timed out" if timed_out else f"no result (exit {process.returncode})"}] * len(calls)
+    failed = {"error": "timed out" if timed_out else f"no result (exit {process.returncode})"}
+    outputs = result.get("outputs") or [failed] * len(calls)
     return Run(outputs, round(elapsed, 3), timed_out, process.returncode, tuple(result.get("isolation", ())))
 
 

@@ -68,7 +68,9 @@ def load_declarations(path: Path) -> dict[str, Declaration]:
 
 
 def _preference(lang: str, code: str, articles: dict) -> tuple:
-    return (code != lang, -len(articles), not code.startswith(lang), code)
+    # Lower is better: the language's own code (fra, not the Welche dialect 068), a variant of it
+    # (cmn_hans), a named edition before a numbered second translation, then completeness.
+    return (code != lang, not code.startswith(lang), code[:1].isdigit(), -len(articles), code)
 
 
 def _units(text: str, spaced: bool) -> list[str]:
