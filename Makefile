@@ -32,3 +32,22 @@ bench: install
 
 clean:
 	rm -rf $(HERD_HOME)
+
+# make stack: the docker-compose stack (PostgreSQL, MinIO, MLflow, Airflow 3) where Docker runs;
+# secrets from .env (see .env.example). make images: the three images the Helm chart deploys.
+.PHONY: stack stack-down images
+COMPOSE ?= docker compose
+REVISION = $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+stack: corpus
+	@test -f .env || { echo "make stack: copy .env.example to .env and replace its values"; exit 1; }
+	@if grep -q '=change-me' .env; then echo "make stack: .env still holds change-me values"; exit 1; fi
+	HERD_CORPUS_DIR=$(HERD_HOME)/corpus HERD_REVISION=$(REVISION) $(COMPOSE) up --build --detach --wait
+
+stack-down:
+	$(COMPOSE) down
+
+images:
+	docker build -f images/trainer/Dockerfile --build-arg HERD_REVISION=$(REVISION) -t herd-trainer:0.1.0 .
+	docker build -f images/airflow/Dockerfile --target airflow --build-arg HERD_REVISION=$(REVISION) -t herd-airflow:0.1.0 .
+	docker build -f images/mlflow/Dockerfile --build-arg HERD_REVISION=$(REVISION) -t herd-mlflow:0.1.0 .

