@@ -2,11 +2,14 @@
 
 ``HERD_BACKEND=local`` (the default) runs each stage as a subprocess of the Airflow
 worker; ``HERD_BACKEND=kubernetes`` runs it as a pod on the node pool its resources ask
-for. Every setting has a ``HERD_K8S_*`` variable; the chart sets them for the scheduler.
+for, or as a gang of pods when it spans nodes. Every setting has a ``HERD_K8S_*``
+variable; the chart (``charts/herd``) writes them into the ConfigMap the Airflow workers
+read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Literal
 
@@ -20,6 +23,18 @@ def _selector(text: str) -> dict[str, str]:
     if any(len(pair) != 2 for pair in pairs):
         raise ConfigError(f"node selector {text!r} is not KEY=VALUE[,KEY=VALUE]")
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+class Toleration(BaseModel):
+    """A pod toleration as Kubernetes spells it (``tolerationSeconds`` included)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, alias="tolerationSeconds")
 
 
 class KubernetesSettings(BaseModel):
@@ -37,6 +52,16 @@ class KubernetesSettings(BaseModel):
     run_as_user: int = 1000
     kubernetes_conn_id: str = "kubernetes_default"
     startup_timeout_seconds: int = 900
+    gpu_tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"),)
+    # The pool's shape wins over a stage's own ask: a GPU stage takes every GPU of a node.
+    gpus_per_node: int | None = Field(None, ge=1)
+    gpu_shm: str | None = None
+    # How many nodes a stage spans on this cluster; more than one makes it a gang.
+    stage_nodes: dict[str, int] = {}
+    gang_mode: Literal["indexed-job"] = "indexed-job"
+    gang_restarts: int = Field(3, ge=0, description="whole-gang restarts from the last checkpoint after a pod fails")
+    rendezvous_port: int = Field(29500, ge=1024, le=65535)
+    queue_name: str = Field("", description="Kueue LocalQueue that admits a gang all at once (empty: none)")
 
 
 class BackendSettings(BaseModel):
@@ -59,7 +84,26 @@ _ENV = {
     "run_as_user": "HERD_K8S_RUN_AS_USER",
     "kubernetes_conn_id": "HERD_K8S_CONN_ID",
     "startup_timeout_seconds": "HERD_K8S_STARTUP_TIMEOUT",
+    "gpu_tolerations": "HERD_K8S_GPU_TOLERATIONS",
+    "gpus_per_node": "HERD_K8S_GPUS_PER_NODE",
+    "gpu_shm": "HERD_K8S_GPU_SHM",
+    "stage_nodes": "HERD_K8S_STAGE_NODES",
+    "gang_mode": "HERD_K8S_GANG_MODE",
+    "gang_restarts": "HERD_K8S_GANG_RESTARTS",
+    "rendezvous_port": "HERD_K8S_RENDEZVOUS_PORT",
+    "queue_name": "HERD_K8S_QUEUE",
 }
+
+
+def _parse(field: str, value: str) -> object:
+    if field.endswith("_pool") or field == "stage_nodes":
+        return _selector(value)
+    if field == "gpu_tolerations":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{_ENV[field]} is not a JSON list of tolerations: {err}") from None
+    return value
 
 
 def backend_settings(environ: dict[str, str] | None = None) -> BackendSettings:
@@ -68,9 +112,16 @@ def backend_settings(environ: dict[str, str] | None = None) -> BackendSettings:
     for field, variable in _ENV.items():
         if env.get(variable):
             value = env[variable]
-            k8s[field] = _selector(value) if field.endswith("_pool") else value
+            k8s[field] = _parse(field, value)
     try:
-        return BackendSettings(backend=env.get("HERD_BACKEND", "local"), kubernetes=KubernetesSettings(**k8s))
+        settings = BackendSettings(backend=env.get("HERD_BACKEND", "local"), kubernetes=KubernetesSettings(**k8s))
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in err.errors())
         raise ConfigError(f"invalid backend settings from the environment: {problems}") from None
+    from herd.pipeline import STAGE_NAMES
+
+    unknown = sorted(set(settings.kubernetes.stage_nodes) - set(STAGE_NAMES))
+    if unknown:
+        # A misspelt stage would silently run on one node: refuse it by name.
+        raise ConfigError(f"HERD_K8S_STAGE_NODES names unknown stages {unknown}; stages: {', '.join(STAGE_NAMES)}")
+    return settings

@@ -6,6 +6,7 @@
     herd stage datamix --run r1 --config nano --in corpus=.herd/corpus/udhr
     herd stage tokenizer --run r1 --config nano --in mix=URI --set tokenizer.vocab_size=4096
     python -m tasks.datamix --run r1 --config nano     # the same, per stage
+    herd launch --nproc 2 -- stage pretrain ...        # every rank of this node (torchrun); see tasks/runtime/launch.py
 
 Exit status: 0 done or skipped, 1 the stage failed, 2 bad arguments, config or input.
 """
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     end.add_argument("--run", required=True)
     end.add_argument("--out", default="")
     end.add_argument("--status", choices=["success", "failed"], default="success")
+    # Listed for --help only: main() hands everything after "launch" to tasks.runtime.launch.
+    sub.add_parser("launch", add_help=False, help="run a herd command on every rank of this node (torchrun-style)")
     return parser
 
 
@@ -200,6 +203,11 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
     """Entry point; ``stage_name`` is set by ``python -m tasks.NAME``, which takes no subcommand."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not stage_name and argv[:1] == ["launch"]:
+        from tasks.runtime.launch import main as launch
+
+        return launch(argv[1:])
     if stage_name:
         parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage_name}")
         parser.add_argument("-v", "--verbose", action="store_true")
