@@ -1,0 +1,201 @@
+"""charts/herd rendered offline with Helm's own Go code (helm-python-sdk), linted, every manifest
+validated strictly, and the settings it hands Airflow turned into the pods and gangs they launch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import REPO
+from herd.deploy import backend_settings
+from herd.pipeline import STAGE_NAMES
+from herd.stage import Resources
+from k8s_checks import pod_specs, restricted_violations, validate
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed: pip install -e '.[dev]'")
+
+CHART = REPO / "charts" / "herd"
+H100 = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+MULTI_NODE = {
+    "image": {"repository": "registry.internal/herd-trainer", "tag": "0.1.0"},
+    "nodePools": {"gpu": {"nodeSelector": H100, "gpusPerNode": 8, "shm": "512Gi",
+                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                                          {"key": "h100-reserved", "operator": "Equal", "value": "training",
+                                           "effect": "NoSchedule"}]}},
+    "training": {"stageNodes": {"pretrain": 4}, "gang": {"restarts": 2, "queueName": "h100-training"}},
+    "stage": {"s3EndpointUrl": "https://s3.internal", "env": {"NCCL_DEBUG": "WARN", "NCCL_IB_HCA": "mlx5"}},
+}
+
+
+def render(values: dict) -> list[dict]:
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name="herd", namespace="herd")
+    return [doc for path, text in sorted(rendered.items()) if not path.endswith("NOTES.txt")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def by_kind(manifests: list[dict], kind: str) -> dict[str, dict]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+@pytest.mark.parametrize("values", [{}, MULTI_NODE], ids=["default", "multi-node"])
+def test_every_manifest_is_valid_and_every_pod_restricted(values):
+    manifests = render(values)
+    kinds = {m["kind"] for m in manifests}
+    assert {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "NetworkPolicy", "Deployment", "Service",
+            "PriorityClass"} <= kinds
+    for manifest in manifests:
+        validate(manifest)
+        for name, pod in pod_specs(manifest):
+            assert restricted_violations(pod) == [], name
+            assert pod["automountServiceAccountToken"] is False
+            assert all(c["securityContext"]["readOnlyRootFilesystem"] for c in pod["containers"])
+    # Secrets are referenced, never rendered: installing the chart creates none.
+    assert "Secret" not in kinds
+
+
+def test_lint_reports_no_warning():
+    for values in ({}, MULTI_NODE):
+        report = helm.lint(CHART, values, strict=True, namespace="herd", kube_version="v1.32.0")
+        assert report["errors"] == [], report
+        assert [m for m in report["messages"] if m["severity"] >= 2] == [], report
+
+
+@pytest.mark.parametrize("bad, complaint", [
+    ({"nodePools": {"gpu": {"gpusPerNode": "eight"}}}, "gpusPerNode"),
+    ({"nodePool": {"gpu": {}}}, "nodePool"),
+    ({"training": {"stageNodes": {"pretrian": 4}}}, "pretrian"),
+    ({"training": {"stageNodes": {"pretrain": 0}}}, "pretrain"),
+    ({"training": {"gang": {"mode": "slurm"}}}, "mode"),
+    ({"stage": {"artifactRoot": "/mnt/shared"}}, "artifactRoot"),
+    ({"stage": {"envSecret": ""}}, "envSecret"),
+    ({"mlflow": {"backendStoreSecret": {"key": ""}}}, "backendStoreSecret/key"),
+    ({"priorityClass": {"preemptionPolicy": "Sometimes"}}, "preemptionPolicy"),
+])
+def test_bad_values_fail_at_install(bad, complaint):
+    with pytest.raises(helm.HelmValuesError, match=complaint):
+        render(bad)
+
+
+def test_schema_knows_every_stage():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    names = schema["properties"]["training"]["properties"]["stageNodes"]["propertyNames"]["enum"]
+    assert sorted(names) == sorted(STAGE_NAMES), "add the new stage to charts/herd/values.schema.json"
+
+
+def test_rbac_lets_the_airflow_workers_launch_pods_and_gangs_only():
+    manifests = render({})
+    role = by_kind(manifests, "Role")["herd-launcher"]
+    granted = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert {"create", "delete", "get", "list", "watch"} <= granted[("batch", "jobs")]
+    assert {"create", "delete"} <= granted[("", "services")]
+    assert {"create", "delete", "watch"} <= granted[("", "pods")]
+    assert {"get"} <= granted[("", "pods/log")]
+    assert not any(resource == "secrets" for _, resource in granted), "stage pods get Secrets by reference"
+    binding = by_kind(manifests, "RoleBinding")["herd-launcher"]
+    assert {(s["name"], s["namespace"]) for s in binding["subjects"]} == {
+        ("airflow-worker", "airflow"), ("airflow-scheduler", "airflow"), ("airflow-triggerer", "airflow")}
+    stage_account = by_kind(manifests, "ServiceAccount")["herd-stage"]
+    assert stage_account["automountServiceAccountToken"] is False
+
+
+def test_network_policies_isolate_stage_pods_and_mlflow():
+    policies = by_kind(render({}), "NetworkPolicy")
+    stage = policies["herd-stage"]["spec"]
+    assert stage["policyTypes"] == ["Ingress", "Egress"]
+    # Only gang peers come in (rendezvous, NCCL); nothing else reaches a stage pod.
+    assert stage["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "herd", "app.kubernetes.io/component": "gang"}}}]}]
+    mlflow = policies["herd-mlflow"]["spec"]
+    assert mlflow["ingress"][0]["ports"] == [{"port": 5000, "protocol": "TCP"}]
+    assert not by_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+
+
+def test_mlflow_server_uses_postgres_and_s3_by_secret_reference():
+    manifests = render({"mlflow": {"s3EndpointUrl": "http://minio.storage.svc:9000"}})
+    pod = by_kind(manifests, "Deployment")["herd-mlflow"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"] == {"secretKeyRef": {"name": "herd-mlflow-db", "key": "uri"}}
+    assert "herd-mlflow.herd.svc:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio.storage.svc:9000"
+    assert "--artifacts-destination=s3://herd/mlflow" in container["args"]
+    assert container["envFrom"] == [{"secretRef": {"name": "herd-mlflow-s3"}}]
+    service = by_kind(manifests, "Service")["herd-mlflow"]
+    assert service["spec"]["selector"].items() <= pod_labels(manifests, "herd-mlflow").items()
+
+
+def pod_labels(manifests: list[dict], deployment: str) -> dict[str, str]:
+    return by_kind(manifests, "Deployment")[deployment]["spec"]["template"]["metadata"]["labels"]
+
+
+def _backend_env(manifests: list[dict]) -> dict[str, str]:
+    backend = by_kind(manifests, "ConfigMap")["herd-backend"]
+    assert backend["metadata"]["namespace"] == "airflow"  # where the Airflow workers can envFrom it
+    return backend["data"]
+
+
+def test_the_settings_airflow_reads_launch_single_pods_on_the_configured_pool():
+    from kubernetes.client import ApiClient
+
+    from herd_airflow.kubernetes import pod_operator
+
+    manifests = render({"nodePools": {"gpu": {"nodeSelector": H100}}})
+    settings = backend_settings(_backend_env(manifests))
+    assert settings.backend == "kubernetes"
+    k8s = settings.kubernetes
+    assert (k8s.namespace, k8s.image, k8s.env_config_map) == ("herd", "herd-trainer:0.1.0", "herd-stage")
+    assert k8s.env_config_map in by_kind(manifests, "ConfigMap")
+    assert k8s.service_account in by_kind(manifests, "ServiceAccount")
+    assert k8s.priority_class in by_kind(manifests, "PriorityClass")
+    operator = pod_operator("pretrain", ["stage", "pretrain"], Resources(cpu="32", memory="480Gi", gpus=1, shm="8Gi"),
+                            k8s, returns_output=True)
+    pod = ApiClient().sanitize_for_serialization(operator.build_pod_request_obj(dry_run=True))
+    validate(pod)
+    assert restricted_violations(pod["spec"]) == []
+    assert pod["spec"]["nodeSelector"] == H100
+    # The pool's shape wins: one pod takes a whole node's GPUs and the pool's shared memory.
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    shm = next(v for v in pod["spec"]["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["sizeLimit"] == "256Gi"
+
+
+def test_the_multi_node_settings_launch_a_valid_gang():
+    from kubernetes.client import ApiClient
+
+    from herd_airflow.gang import GangJobOperator
+    from herd_airflow.kubernetes import gang_job, pod_operator
+
+    manifests = render(MULTI_NODE)
+    k8s = backend_settings(_backend_env(manifests)).kubernetes
+    assert k8s.stage_nodes == {"pretrain": 4} and k8s.gang_restarts == 2 and k8s.queue_name == "h100-training"
+    operator = pod_operator("pretrain", ["stage", "pretrain"], Resources(cpu="32", memory="480Gi", gpus=8), k8s,
+                            returns_output=True)
+    assert isinstance(operator, GangJobOperator) and operator.stage_resources.nodes == 4
+    job = ApiClient().sanitize_for_serialization(
+        gang_job("herd-pretrain-0a1b2c3d", "herd-pretrain-0a1b2c3d-t1a1", "pretrain", ["stage", "pretrain"],
+                 operator.stage_resources, k8s))
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["nodeSelector"] == H100
+    assert {"key": "h100-reserved", "operator": "Equal", "value": "training", "effect": "NoSchedule"} in pod["tolerations"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100-training"
+    stage_config = by_kind(manifests, "ConfigMap")["herd-stage"]["data"]
+    assert stage_config["AWS_ENDPOINT_URL_S3"] == "https://s3.internal" and stage_config["NCCL_DEBUG"] == "WARN"
+
+
+def test_airflow_companion_values_wire_the_official_chart_to_herd():
+    values = yaml.safe_load((CHART / "airflow-values.yaml").read_text())
+    assert values["executor"] == "KubernetesExecutor"
+    assert values["airflowVersion"] == "3.3.2"
+    assert yaml.safe_load(values["extraEnvFrom"]) == [{"configMapRef": {"name": "herd-backend"}}]
+    assert "herd-backend" in by_kind(render({}), "ConfigMap")
+    # Keys come from Secrets the operator creates; none is written into the values.
+    for key in ("fernetKeySecretName", "apiSecretKeySecretName", "jwtSecretName"):
+        assert values[key]
+    assert values["data"] == {"metadataSecretName": "airflow-metadata-db"}
+    assert not {"fernetKey", "apiSecretKey", "webserverSecretKey"} & set(values)
