@@ -52,7 +52,9 @@ class KubernetesSettings(BaseModel):
     run_as_user: int = 1000
     kubernetes_conn_id: str = "kubernetes_default"
     startup_timeout_seconds: int = 900
-    gpu_tolerations: tuple[Toleration, ...] = (Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"),)
+    gpu_tolerations: tuple[Toleration, ...] = (
+        Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"),
+    )
     # The pool's shape wins over a stage's own ask: a GPU stage takes every GPU of a node.
     gpus_per_node: int | None = Field(None, ge=1)
     gpu_shm: str | None = None

@@ -88,10 +88,11 @@ def _failure(pod: Any) -> PodFailure | None:
     return PodFailure(_index(pod), pod.metadata.name, None, pod.status.reason or "Failed")
 
 
-def _finished(job: Any) -> str | None:
+def _finished(job: Any) -> Any | None:
+    """The Job's terminal condition (Complete or Failed), if it has one."""
     for condition in (job.status.conditions or []) if job.status else []:
         if condition.type in ("Complete", "Failed") and condition.status == "True":
-            return condition.type
+            return condition
     return None
 
 
@@ -141,10 +142,10 @@ class GangJobOperator(BaseOperator):
                 if succeeded:
                     batch.delete_namespaced_job(job_name, namespace, propagation_policy="Background")
                     return output
-                if any(f.exit_code == BAD_INPUT_EXIT for f in failures):
+                if any(isinstance(f, PodFailure) and f.exit_code == BAD_INPUT_EXIT for f in failures):
                     raise AirflowFailException(f"{self.task_id}: refused its config or input: "
                                                + "; ".join(map(str, failures)))
-                summary = "; ".join(map(str, failures)) or "the Job failed"
+                summary = "; ".join(map(str, failures))
                 if attempt < attempts:
                     self.log.warning("gang %s attempt %d failed (%s): restarting the whole gang from the last "
                                      "checkpoint", gang, attempt, summary)
@@ -156,7 +157,8 @@ class GangJobOperator(BaseOperator):
             self._current = None
         return None
 
-    def _wait(self, core: Any, batch: Any, job_name: str) -> tuple[bool, str | None, list[PodFailure]]:
+    def _wait(self, core: Any, batch: Any, job_name: str) -> tuple[bool, str | None, list[PodFailure | str]]:
+        """Follows the Job to its end: (succeeded, output URI, what failed: pods, or the Job's own reason)."""
         namespace = self.settings.namespace
         tails: dict[str, LogTail] = {}
         output: str | None = None
@@ -177,12 +179,17 @@ class GangJobOperator(BaseOperator):
                     if _index(pod) == 0 and line.startswith(OUTPUT_LINE_PREFIX):
                         output = line[len(OUTPUT_LINE_PREFIX):]
             if state:
-                return state == "Complete", output, [f for f in map(_failure, pods) if f]
-            scheduled = sum(pod.status.phase != "Pending" for pod in pods)
-            if scheduled < self.stage_resources.nodes and time.monotonic() - started > self.settings.startup_timeout_seconds:
+                failures: list[PodFailure | str] = [f for f in map(_failure, pods) if f]
+                if state.type == "Failed" and not failures:  # e.g. pods evicted and gone
+                    failures = [f"the Job failed: {state.reason or ''} {state.message or ''}".strip()]
+                return state.type == "Complete", output, failures
+            scheduled, nodes = sum(pod.status.phase != "Pending" for pod in pods), self.stage_resources.nodes
+            waited = time.monotonic() - started
+            if scheduled < nodes and waited > self.settings.startup_timeout_seconds:
+                # Half a gang holds GPUs and trains nothing: give them back rather than wait on.
                 batch.delete_namespaced_job(job_name, namespace, propagation_policy="Background")
-                raise RuntimeError(f"{self.task_id}: only {scheduled} of {self.stage_resources.nodes} gang pods were "
-                                   f"scheduled within {self.settings.startup_timeout_seconds} s; is the pool "
+                raise RuntimeError(f"{self.task_id}: only {scheduled} of {nodes} gang pods were scheduled within "
+                                   f"{self.settings.startup_timeout_seconds} s; is the pool "
                                    f"{self.settings.gpu_pool} big enough?")
             time.sleep(self.poll_seconds)
 

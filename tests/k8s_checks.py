@@ -51,7 +51,8 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
     for sysctl in pod_context.get("sysctls") or []:
         if sysctl["name"] not in SAFE_SYSCTLS:
             problems.append(f"sysctl {sysctl['name']}")
-    containers = [*(pod.get("initContainers") or []), *pod.get("containers", []), *(pod.get("ephemeralContainers") or [])]
+    containers = [*(pod.get("initContainers") or []), *pod.get("containers", []),
+                  *(pod.get("ephemeralContainers") or [])]
     for container in containers:
         where = f"container {container['name']}"
         context = container.get("securityContext") or {}

@@ -10,6 +10,7 @@ What it stands in for, and how:
 - the image: its ``herd`` entry point is ``python -m tasks.cli`` in this checkout;
 - the kubelet's log endpoint: lines with RFC 3339 timestamps, ``since_seconds`` honoured.
 
+``capacity`` is how many nodes the pool has free: pods beyond it stay Pending and never start.
 ``faults`` adds arguments to the pods of the attempts whose job name ends with a pattern (``a1``:
 the first attempt, ``a\\d+``: every one), the way a flaky node breaks one attempt and not the next.
 """
@@ -42,18 +43,34 @@ class LocalPod:
     name: str
     index: int
     labels: dict[str, str]
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None: Pending, no node to run on
     lines: list[tuple[float, str]] = field(default_factory=list)
 
     def follow(self) -> None:
-        assert self.process.stdout is not None
+        assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.append((time.time(), line.rstrip("\n")))
 
+    def exit_code(self) -> int | None:
+        code = self.process.poll() if self.process else None
+        return 128 - code if code is not None and code < 0 else code  # a signal N: the runtime reports 128 + N
+
     @property
     def phase(self) -> str:
-        code = self.process.poll()
-        return "Running" if code is None else "Succeeded" if code == 0 else "Failed"
+        code = self.exit_code()
+        return "Pending" if self.process is None else "Running" if code is None else (
+            "Succeeded" if code == 0 else "Failed")
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM, then the kubelet's SIGKILL when the grace period is over."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
 
 
 @dataclass
@@ -68,14 +85,7 @@ class LocalJob:
         if self.state is None:
             if any(pod.phase == "Failed" for pod in self.pods):
                 for pod in self.pods:
-                    if pod.process.poll() is None:
-                        os.killpg(pod.process.pid, signal.SIGTERM)
-                for pod in self.pods:
-                    try:
-                        pod.process.wait(timeout=GRACE_SECONDS)
-                    except subprocess.TimeoutExpired:  # the kubelet's SIGKILL after the grace period
-                        os.killpg(pod.process.pid, signal.SIGKILL)
-                        pod.process.wait(timeout=30)
+                    pod.stop(GRACE_SECONDS)
                 self.state = "Failed"
             elif all(pod.phase == "Succeeded" for pod in self.pods):
                 self.state = "Complete"
@@ -95,8 +105,9 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
 class LocalCluster:
     """Implements the CoreV1Api and BatchV1Api calls :class:`herd_airflow.gang.GangJobOperator` makes."""
 
-    def __init__(self, workdir: Path, faults: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, workdir: Path, faults: dict[str, list[str]] | None = None, capacity: int = 64) -> None:
         self.workdir = workdir
+        self.capacity = capacity
         self.faults = faults or {}
         self.jobs: dict[str, LocalJob] = {}
         self.created_jobs: list[dict] = []
@@ -121,12 +132,15 @@ class LocalCluster:
                        HERD_HOME=str(self.workdir / f"{name}-{index}"), HOME=str(self.workdir))
             assert container["command"] == ["herd"]
             command = [sys.executable, "-m", "tasks.cli", *container["args"], *extra]
-            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, start_new_session=True)
+            process = None
+            if index < self.capacity:
+                process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
             labels = {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": name,
                       "batch.kubernetes.io/job-completion-index": str(index)}
             pod = LocalPod(f"{name}-{index}-local", index, labels, process)
-            threading.Thread(target=pod.follow, daemon=True).start()
+            if process:
+                threading.Thread(target=pod.follow, daemon=True).start()
             pods.append(pod)
         self.jobs[name] = LocalJob(name, job["metadata"]["labels"], pods)
         return body
@@ -142,11 +156,8 @@ class LocalCluster:
         return k8s.V1JobList(items=items)
 
     def delete_namespaced_job(self, name: str, namespace: str, propagation_policy: str | None = None) -> None:
-        job = self.jobs.pop(name)
-        for pod in job.pods:
-            if pod.process.poll() is None:
-                os.killpg(pod.process.pid, signal.SIGKILL)
-            pod.process.wait(timeout=30)
+        for pod in self.jobs.pop(name).pods:
+            pod.stop(grace=0)
 
     # CoreV1Api
     def create_namespaced_service(self, namespace: str, body: k8s.V1Service) -> k8s.V1Service:
@@ -167,12 +178,10 @@ class LocalCluster:
             for pod in job.pods:
                 if not _matches(pod.labels, label_selector):
                     continue
-                code = pod.process.poll()
-                if code is not None and code < 0:
-                    code = 128 - code  # killed by a signal: the container runtime reports 128 + N
+                code = pod.exit_code()
                 state = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(
                     exit_code=code, reason="Completed" if code == 0 else "Error")) if code is not None else None
-                status = k8s.V1ContainerStatus(name="stage", image="herd-trainer", image_id="", ready=code is None,
+                status = k8s.V1ContainerStatus(name="stage", image="herd-trainer", image_id="", ready=pod.phase == "Running",
                                                restart_count=0, state=state)
                 items.append(k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=pod.name, labels=pod.labels),
                                        status=k8s.V1PodStatus(phase=pod.phase, container_statuses=[status])))

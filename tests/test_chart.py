@@ -183,7 +183,8 @@ def test_the_multi_node_settings_launch_a_valid_gang():
     pod = job["spec"]["template"]["spec"]
     assert restricted_violations(pod) == []
     assert pod["nodeSelector"] == H100
-    assert {"key": "h100-reserved", "operator": "Equal", "value": "training", "effect": "NoSchedule"} in pod["tolerations"]
+    reserved = {"key": "h100-reserved", "operator": "Equal", "value": "training", "effect": "NoSchedule"}
+    assert reserved in pod["tolerations"]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100-training"
     stage_config = by_kind(manifests, "ConfigMap")["herd-stage"]["data"]
     assert stage_config["AWS_ENDPOINT_URL_S3"] == "https://s3.internal" and stage_config["NCCL_DEBUG"] == "WARN"

@@ -64,7 +64,8 @@ def test_a_missing_secret_stops_compose_naming_it(tmp_path):
 @pytest.mark.parametrize("breakage", [
     lambda s: s.replace("condition: service_healthy", "condition: service_happy", 1),
     lambda s: s.replace("    healthcheck:\n", "    healthcheck:\n      tset: [oops]\n", 1),
-    lambda s: s.replace("      postgres:\n        condition: service_healthy", "      postgress:\n        condition: service_healthy", 1),
+    lambda s: s.replace("      postgres:\n        condition: service_healthy",
+                        "      postgress:\n        condition: service_healthy", 1),
     lambda s: s.replace('      - "127.0.0.1:8080:8080"', '      - "127.0.0.1:8080:eighty"', 1),
 ], ids=["bad-condition", "unknown-key", "unknown-dependency", "bad-port"])
 def test_a_broken_file_is_rejected(tmp_path, breakage):

@@ -55,7 +55,8 @@ def test_gang_job_and_service_are_valid_and_wired_together():
     assert env["MASTER_ADDR"] == "herd-pretrain-1234abcd-t1a1-0.herd-pretrain-1234abcd"
     assert env["MASTER_PORT"] == "29500" == str(service["spec"]["ports"][0]["port"])
     assert (env["HERD_NNODES"], env["HERD_NPROC_PER_NODE"]) == ("4", "8")
-    assert container["command"] == ["herd"] and container["args"] == ["launch", "--", "stage", "pretrain", "--run", "r1"]
+    assert container["command"] == ["herd"]
+    assert container["args"] == ["launch", "--", "stage", "pretrain", "--run", "r1"]
     # Every pod on one node of the same H100 pool, with all its GPUs and a large /dev/shm.
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
@@ -72,7 +73,8 @@ def test_kueue_queue_and_long_names_stay_valid():
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100-training"
     name = gang_name("maverick.pretrain_with_a_rather_long_task_name", "scheduled__2026-11-27T00:00:00+00:00")
     assert len(f"{name}-t12a4-15") <= 63 and name == name.lower()
-    assert gang_name("scout.pretrain", "r1") != gang_name("scout.pretrain", "r2") != gang_name("maverick.pretrain", "r1")
+    names = {gang_name("scout.pretrain", "r1"), gang_name("scout.pretrain", "r2"), gang_name("maverick.pretrain", "r1")}
+    assert len(names) == 3
 
 
 def test_the_factory_makes_a_gang_when_a_stage_spans_nodes():
@@ -186,3 +188,12 @@ def test_a_refused_config_fails_at_once_and_exhausted_restarts_fail_the_task(tmp
     with pytest.raises(RuntimeError, match="gang failed 1 times.*exit 3"):
         _run(operator, broken, try_number=2)
     assert [job["metadata"]["name"].rsplit("-", 1)[-1] for job in broken.created_jobs] == ["t2a1"]
+
+
+def test_half_a_gang_gives_its_nodes_back_after_the_startup_timeout(tmp_path):
+    operator, _ = _gang_operator(tmp_path, restarts=3)
+    operator.settings = operator.settings.model_copy(update={"startup_timeout_seconds": 2})
+    cluster = LocalCluster(tmp_path, capacity=1)  # node 0 starts and waits at the rendezvous; node 1 never lands
+    with pytest.raises(RuntimeError, match="only 1 of 2 gang pods were scheduled within 2 s"):
+        _run(operator, cluster)
+    assert len(cluster.created_jobs) == 1 and not cluster.jobs  # no restart into the same shortage; Job deleted
