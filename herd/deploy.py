@@ -64,6 +64,7 @@ class KubernetesSettings(BaseModel):
     gang_restarts: int = Field(3, ge=0, description="whole-gang restarts from the last checkpoint after a pod fails")
     rendezvous_port: int = Field(29500, ge=1024, le=65535)
     queue_name: str = Field("", description="Kueue LocalQueue that admits a gang all at once (empty: none)")
+    gang_topology_key: str = Field("", description="node label all pods of a gang must share, e.g. the node pool's")
 
 
 class BackendSettings(BaseModel):
@@ -94,6 +95,7 @@ _ENV = {
     "gang_restarts": "HERD_K8S_GANG_RESTARTS",
     "rendezvous_port": "HERD_K8S_RENDEZVOUS_PORT",
     "queue_name": "HERD_K8S_QUEUE",
+    "gang_topology_key": "HERD_K8S_GANG_TOPOLOGY_KEY",
 }
 
 

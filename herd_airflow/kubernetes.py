@@ -218,10 +218,15 @@ def gang_job(gang: str, job_name: str, stage: str, arguments: list[str], resourc
         security_context=_container_security(settings),
         volume_mounts=mounts,
     )
+    this_job = k8s.V1LabelSelector(match_labels={JOB_NAME_LABEL: job_name})
     one_per_node = k8s.V1PodAntiAffinity(required_during_scheduling_ignored_during_execution=[
-        k8s.V1PodAffinityTerm(label_selector=k8s.V1LabelSelector(match_labels={JOB_NAME_LABEL: job_name}),
-                              topology_key="kubernetes.io/hostname"),
+        k8s.V1PodAffinityTerm(label_selector=this_job, topology_key="kubernetes.io/hostname"),
     ])
+    # Where several pools carry the same GPU label, pin the gang to one of them (the first pod
+    # may land anywhere: a term that matches the pod itself is satisfied by the pod alone).
+    together = k8s.V1PodAffinity(required_during_scheduling_ignored_during_execution=[
+        k8s.V1PodAffinityTerm(label_selector=this_job, topology_key=settings.gang_topology_key),
+    ]) if settings.gang_topology_key else None
     pod = k8s.V1PodSpec(
         restart_policy="Never",
         subdomain=gang,
@@ -229,7 +234,7 @@ def gang_job(gang: str, job_name: str, stage: str, arguments: list[str], resourc
         volumes=volumes,
         node_selector=_node_selector(resources, settings),
         tolerations=_tolerations(resources, settings) or None,
-        affinity=k8s.V1Affinity(pod_anti_affinity=one_per_node),
+        affinity=k8s.V1Affinity(pod_anti_affinity=one_per_node, pod_affinity=together),
         service_account_name=settings.service_account,
         automount_service_account_token=False,
         priority_class_name=settings.priority_class,

@@ -24,7 +24,8 @@ MULTI_NODE = {
                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
                                           {"key": "h100-reserved", "operator": "Equal", "value": "training",
                                            "effect": "NoSchedule"}]}},
-    "training": {"stageNodes": {"pretrain": 4}, "gang": {"restarts": 2, "queueName": "h100-training"}},
+    "training": {"stageNodes": {"pretrain": 4},
+                 "gang": {"restarts": 2, "queueName": "h100-training", "topologyKey": "cloud.google.com/gke-nodepool"}},
     "stage": {"s3EndpointUrl": "https://s3.internal", "env": {"NCCL_DEBUG": "WARN", "NCCL_IB_HCA": "mlx5"}},
 }
 
@@ -69,6 +70,7 @@ def test_lint_reports_no_warning():
     ({"training": {"stageNodes": {"pretrian": 4}}}, "pretrian"),
     ({"training": {"stageNodes": {"pretrain": 0}}}, "pretrain"),
     ({"training": {"gang": {"mode": "slurm"}}}, "mode"),
+    ({"training": {"gang": {"topologyKey": "one pool please"}}}, "topologyKey"),
     ({"stage": {"artifactRoot": "/mnt/shared"}}, "artifactRoot"),
     ({"stage": {"envSecret": ""}}, "envSecret"),
     ({"mlflow": {"backendStoreSecret": {"key": ""}}}, "backendStoreSecret/key"),
@@ -186,6 +188,8 @@ def test_the_multi_node_settings_launch_a_valid_gang():
     reserved = {"key": "h100-reserved", "operator": "Equal", "value": "training", "effect": "NoSchedule"}
     assert reserved in pod["tolerations"]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100-training"
+    together = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert together["topologyKey"] == "cloud.google.com/gke-nodepool"  # one node pool for the whole gang
     stage_config = by_kind(manifests, "ConfigMap")["herd-stage"]["data"]
     assert stage_config["AWS_ENDPOINT_URL_S3"] == "https://s3.internal" and stage_config["NCCL_DEBUG"] == "WARN"
 

@@ -63,6 +63,7 @@ def test_gang_job_and_service_are_valid_and_wired_together():
     anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
     assert anti["topologyKey"] == "kubernetes.io/hostname"
     assert anti["labelSelector"]["matchLabels"] == {"batch.kubernetes.io/job-name": "herd-pretrain-1234abcd-t1a1"}
+    assert "podAffinity" not in pod["affinity"]  # no topology asked for: any node of the pool
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "512Gi"}
     assert "AWS_SECRET_ACCESS_KEY" not in str(job)
