@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import tempfile
 import time
@@ -88,7 +89,7 @@ def test_chrf_matches_sacrebleu_and_gives_partial_credit():
 
 def _family_item(name: str) -> Problem:
     family = code.FAMILIES_BY_NAME[name]
-    return code.make_item(family, family.params(__import__("random").Random(0)), time_limit_s=1.0, memory_mb=256)
+    return code.make_item(family, family.params(random.Random(0)), time_limit_s=1.0, memory_mb=256)
 
 
 def test_every_code_family_reference_passes_its_own_tests_in_the_sandbox():
@@ -264,7 +265,8 @@ def test_string_answers_are_right():
         assert problem.meta["length"] == len(word)
 
 
-def test_udhr_items_come_from_one_declaration_per_language(declarations):
+def test_udhr_items_come_from_one_declaration_per_language(declarations, udhr_subset):
+    assert udhr.load_declarations(udhr_subset.parent) == declarations  # the corpus folder reads as its file
     assert "und" not in declarations
     assert declarations["fra"].code == "fra" and declarations["cmn"].code.startswith("cmn")
     assert not declarations["cmn"].spaced and declarations["eng"].spaced

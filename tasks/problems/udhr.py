@@ -37,7 +37,7 @@ class Declaration:
 
 
 def _records(path: Path) -> Iterator[dict]:
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
     for file in files:
         with file.open(encoding="utf-8") as lines:
             for line in lines:
