@@ -1,5 +1,8 @@
 """llama4_pipeline: the Llama 4 recipe, one task per stage, triggered from the form in the UI.
 
+Model stages run once per variant, each variant in its own task group: ``behemoth.pretrain``,
+``scout.pretrain`` -> ``scout.midtrain``, ``maverick.pretrain`` -> ``maverick.midtrain``.
+
 Each task runs ``herd stage NAME`` locally or as a Kubernetes pod (``HERD_BACKEND``). A stage
 whose output for the same inputs, config and code exists is skipped by the stage itself;
 a stage left out of ``stages`` only reuses such an output. Every run has a parent MLflow
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Param, TriggerRule
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
 from herd.pipeline import PRESETS, STAGE_NAMES, STAGES, override_schema
 from herd_airflow.factory import command_task, config_arguments, overrides_json, stage_task
@@ -41,12 +44,14 @@ with DAG(
     },
 ) as dag:
     begin = command_task("begin", ["run", "begin", "--run", "{{ run_id }}", *config_arguments()])
-    stage_tasks = {}
+    stage_tasks, groups = {}, {}
     for spec in STAGES:
-        stage_tasks[spec.name] = stage_task(spec)
-        upstream = [stage_tasks[name] for name in spec.upstream] or [begin]
-        upstream >> stage_tasks[spec.name]
-    leaves = [t for name, t in stage_tasks.items() if not any(name in s.upstream for s in STAGES)]
+        if spec.variant and spec.variant not in groups:
+            groups[spec.variant] = TaskGroup(spec.variant, tooltip=f"Llama 4 {spec.variant.title()}")
+        stage_tasks[spec.id] = stage_task(spec, task_group=groups.get(spec.variant))
+        upstream = [stage_tasks[stage_id] for stage_id in spec.upstream] or [begin]
+        upstream >> stage_tasks[spec.id]
+    leaves = [t for stage_id, t in stage_tasks.items() if not any(stage_id in s.upstream for s in STAGES)]
     finish = command_task("finish", ["run", "end", "--run", "{{ run_id }}", "--status", "success"])
     finish_failed = command_task("finish_failed", ["run", "end", "--run", "{{ run_id }}", "--status", "failed"],
                                  trigger_rule=TriggerRule.ONE_FAILED, retries=0)

@@ -96,6 +96,8 @@ def explain_validation_error(model: type[BaseModel], err: ValidationError) -> Co
         if problem["type"] == "extra_forbidden":
             allowed = _allowed_names(model, problem["loc"][:-1])
             lines.append(f"unknown field {where!r}; allowed: {', '.join(sorted(allowed))}")
+        elif isinstance(problem.get("input"), dict):  # a check across fields: its message names them
+            lines.append(f"{where or 'config'}: {problem['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"field {where!r}: {problem['msg']} (got {problem.get('input')!r})")
     return ConfigError("invalid config:\n  " + "\n  ".join(lines))

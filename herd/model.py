@@ -44,7 +44,7 @@ class ModelConfig(StageConfig):
     rope_scaling: RopeScaling | None = None
     temperature_tuning: bool = True
     attn_scale: float = 0.1
-    floor_scale: int = Field(8192, gt=0)
+    floor_scale: int = Field(8192, gt=0, description="Temperature tuning starts here: Llama 4's pretraining context.")
     norm_eps: float = 1e-5
     max_seq_len: int = Field(256, gt=0)
 
@@ -66,19 +66,43 @@ class ModelConfig(StageConfig):
 
 
 def nano() -> ModelConfig:
-    """Scout-shaped (every layer MoE, QK norm), seconds per step on a laptop CPU."""
-    return ModelConfig()
+    """Scout-shaped (every layer MoE, QK norm), seconds per step on a laptop CPU.
+
+    ``floor_scale`` is the nano pretraining context (256), as Llama 4's 8192 is its own:
+    temperature tuning then acts where mid-training and long-context evaluation go.
+    """
+    return ModelConfig(floor_scale=256)
 
 
 def nano_maverick() -> ModelConfig:
     """Maverick-shaped nano: dense and MoE layers alternate, more experts, no QK norm."""
-    return ModelConfig(n_experts=8, moe_every=2, use_qk_norm=False)
+    return ModelConfig(n_experts=8, moe_every=2, use_qk_norm=False, floor_scale=256)
+
+
+def nano_behemoth() -> ModelConfig:
+    """The nano teacher: Behemoth's recipe (16 experts, every layer MoE), wider and deeper than the students."""
+    return ModelConfig(dim=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_dim=768, dense_ffn_dim=1536,
+                       n_experts=16, floor_scale=256)
+
+
+_SMALL = dict(vocab_size=32_768 + 300, dim=1024, n_layers=16, n_heads=16, n_kv_heads=4, head_dim=64,
+              ffn_dim=1024, dense_ffn_dim=4096, chunk_size=2048, max_seq_len=4096, floor_scale=4096)
 
 
 def small() -> ModelConfig:
     """About 1B total, 0.2B active parameters: one H100."""
-    return ModelConfig(vocab_size=32_768 + 300, dim=1024, n_layers=16, n_heads=16, n_kv_heads=4, head_dim=64,
-                       ffn_dim=1024, dense_ffn_dim=4096, n_experts=16, chunk_size=2048, max_seq_len=4096)
+    return ModelConfig(**_SMALL, n_experts=16)
+
+
+def small_maverick() -> ModelConfig:
+    """Maverick's layout at ``small``'s width: alternating dense and 64-expert MoE layers."""
+    return ModelConfig(**_SMALL, n_experts=64, moe_every=2, use_qk_norm=False)
+
+
+def small_behemoth() -> ModelConfig:
+    """The ``small`` teacher: about 4x the students' active parameters, one H100 node."""
+    return ModelConfig(**{**_SMALL, "dim": 2048, "n_layers": 24, "n_heads": 32, "n_kv_heads": 8,
+                          "ffn_dim": 2048, "dense_ffn_dim": 8192}, n_experts=16)
 
 
 _PUBLISHED = dict(vocab_size=202_048, dim=5120, n_layers=48, n_heads=40, n_kv_heads=8, head_dim=128,
@@ -107,7 +131,8 @@ def behemoth() -> ModelConfig:
 
 
 MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {
-    "nano": nano, "nano_maverick": nano_maverick, "small": small,
+    "nano": nano, "nano_maverick": nano_maverick, "nano_behemoth": nano_behemoth,
+    "small": small, "small_maverick": small_maverick, "small_behemoth": small_behemoth,
     "scout": scout, "maverick": maverick, "behemoth": behemoth,
 }
 

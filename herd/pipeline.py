@@ -11,11 +11,13 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from herd.config import ConfigError, StageConfig, apply_overrides, deep_merge, explain_validation_error
 from herd.stage import Input, Resources, StageSpec
 from herd.stages.datamix import DatamixConfig
+from herd.stages.midtrain import MidtrainConfig
+from herd.stages.models import STUDENTS, VARIANTS, ModelsConfig
 from herd.stages.pretrain import PretrainConfig
 from herd.stages.tokenizer import TokenizerConfig
 
@@ -24,12 +26,31 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: str
+    models: ModelsConfig = ModelsConfig()
     datamix: DatamixConfig = DatamixConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    midtrain: MidtrainConfig = MidtrainConfig()
+
+    @model_validator(mode="after")
+    def _longer_context(self) -> "PipelineConfig":
+        if self.midtrain.seq_len <= self.pretrain.seq_len:
+            raise ValueError(f"midtrain.seq_len ({self.midtrain.seq_len}) must exceed pretrain.seq_len "
+                             f"({self.pretrain.seq_len}): mid-training extends the context")
+        return self
 
     def section(self, spec: StageSpec) -> StageConfig:
         return getattr(self, spec.config_section)
+
+
+def _per_variant(variants, **spec) -> list[StageSpec]:
+    """One spec per variant; ``{variant}`` in an input's ``from_stage`` names the same variant's stage."""
+    specs = []
+    for variant in variants:
+        inputs = {key: Input(slot.description, slot.from_stage.format(variant=variant) if slot.from_stage else None)
+                  for key, slot in spec["inputs"].items()}
+        specs.append(StageSpec(**{**spec, "inputs": inputs}, variant=variant))
+    return specs
 
 
 STAGES: list[StageSpec] = [
@@ -49,7 +70,8 @@ STAGES: list[StageSpec] = [
         inputs={"mix": Input("the datamix output", from_stage="datamix")},
         resources=Resources(cpu="4", memory="16Gi"),
     ),
-    StageSpec(
+    *_per_variant(
+        VARIANTS,
         name="pretrain",
         summary="train a Llama 4 MoE from scratch on the packed token shards, resumable from checkpoints",
         config_type=PretrainConfig,
@@ -58,16 +80,34 @@ STAGES: list[StageSpec] = [
         resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
         resumable=True,
     ),
+    *_per_variant(
+        STUDENTS,
+        name="midtrain",
+        summary="continue a student at a longer context on long documents with needles; needle-retrieval heatmaps",
+        config_type=MidtrainConfig,
+        config_section="midtrain",
+        inputs={"model": Input("the variant's pretrain output", from_stage="{variant}.pretrain"),
+                "tokens": Input("the tokenizer output (token shards and tokenizer)", from_stage="tokenizer")},
+        resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
+        resumable=True,
+    ),
 ]
-STAGES_BY_NAME: dict[str, StageSpec] = {spec.name: spec for spec in STAGES}
-STAGE_NAMES: list[str] = [spec.name for spec in STAGES]
+STAGES_BY_ID: dict[str, StageSpec] = {spec.id: spec for spec in STAGES}
+# Stage names, each once (pretrain runs per variant): what a user selects and `herd stage` takes.
+STAGE_NAMES: list[str] = list(dict.fromkeys(spec.name for spec in STAGES))
 
 
-def stage(name: str) -> StageSpec:
-    try:
-        return STAGES_BY_NAME[name]
-    except KeyError:
-        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}") from None
+def stage(name: str, variant: str | None = None) -> StageSpec:
+    """The spec of stage ``name`` (for ``variant`` when the stage runs per variant)."""
+    if name not in STAGE_NAMES:
+        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+    variants = [spec.variant for spec in STAGES if spec.name == name]
+    if variant is None and variants != [None]:
+        raise ConfigError(f"stage {name} runs per variant: give --variant ({', '.join(variants)})")
+    if variant is not None and variant not in variants:
+        raise ConfigError(f"stage {name} has no variant {variant!r}; variants: "
+                          f"{', '.join(v for v in variants if v) or 'none'}")
+    return STAGES_BY_ID[f"{variant}.{name}" if variant else name]
 
 
 def nano() -> PipelineConfig:
@@ -81,8 +121,12 @@ def small() -> PipelineConfig:
         preset="small",
         datamix=DatamixConfig(floor_tokens=50_000, report_token_floor=100_000, num_shards=64),
         tokenizer=TokenizerConfig(vocab_size=32_768, num_reserved_special_tokens=256, sample_chars_per_language=200_000),
-        pretrain=PretrainConfig(model="small", seq_len=4096, batch_size=64, steps=20_000, lr=1e-3,
+        models=ModelsConfig(behemoth="small_behemoth", scout="small", maverick="small_maverick"),
+        pretrain=PretrainConfig(seq_len=4096, batch_size=64, steps=20_000, lr=1e-3,
                                 warmup_steps=500, schedule="wsd", checkpoint_every=500, log_every=10),
+        midtrain=MidtrainConfig(seq_len=32_768, batch_size=8, steps=2_000, lr=3e-4, warmup_steps=100,
+                                checkpoint_every=200, log_every=10, eval_lengths=[4096, 16_384, 32_768, 65_536],
+                                eval_trials=20),
     )
 
 
@@ -125,12 +169,13 @@ def _base_data(preset_or_file: str) -> dict[str, Any]:
 def override_schema() -> dict[str, Any]:
     """JSON schema of the overrides object, so that Airflow refuses an unknown or ill-typed field at trigger time."""
     properties: dict[str, Any] = {}
-    for spec in STAGES:
-        schema = spec.config_type.model_json_schema()
+    sections = {spec.config_section: spec.config_type for spec in STAGES} | {"models": ModelsConfig}
+    for section, config_type in sections.items():
+        schema = config_type.model_json_schema()
         for name, field_schema in schema.get("properties", {}).items():
             if "$ref" in json.dumps(field_schema):
                 field_schema = {}
-            properties[f"{spec.config_section}.{name}"] = {
+            properties[f"{section}.{name}"] = {
                 k: v for k, v in field_schema.items() if k not in {"title", "default"}
             }
     return {"type": "object", "properties": properties, "additionalProperties": False}

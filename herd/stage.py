@@ -15,7 +15,7 @@ class Input:
     """An input slot. ``from_stage`` names the stage that produces it; ``None`` means a user-given URI."""
 
     description: str
-    from_stage: str | None = None
+    from_stage: str | None = None  # a stage id, e.g. "tokenizer" or "scout.pretrain"
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class StageSpec:
     config_type: type[StageConfig]
     config_section: str
     inputs: dict[str, Input] = field(default_factory=dict)
+    # A model stage runs once per Llama 4 variant (behemoth, scout, maverick): same code and
+    # config section, its own model preset, output folder and Airflow task.
+    variant: str | None = None
     resources: Resources = Resources()
     # Bump when the stage's output changes for the same inputs and config: it is part
     # of the output hash, so every cached result of the old code is recomputed.
@@ -49,5 +52,16 @@ class StageSpec:
     resumable: bool = False
 
     @property
+    def id(self) -> str:
+        """``scout.pretrain``: the task id Airflow gives the stage inside its variant's task group."""
+        return f"{self.variant}.{self.name}" if self.variant else self.name
+
+    @property
+    def artifact_path(self) -> str:
+        """Where outputs go under the artifact root: ``pretrain/scout/<hash>``."""
+        return f"{self.name}/{self.variant}" if self.variant else self.name
+
+    @property
     def upstream(self) -> list[str]:
+        """Ids of the stages whose outputs this one reads."""
         return [i.from_stage for i in self.inputs.values() if i.from_stage]

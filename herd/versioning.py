@@ -17,14 +17,24 @@ from herd.stage import StageSpec
 HASH_CHARS = 16
 
 
-def version_record(spec: StageSpec, config: StageConfig, input_hashes: dict[str, str]) -> dict[str, Any]:
-    """Everything the output hash is computed from; kept in ``step.json`` so a plan can say what changed."""
-    return {
+def version_record(spec: StageSpec, config: StageConfig, input_hashes: dict[str, str],
+                   model_preset: str | None = None) -> dict[str, Any]:
+    """Everything the output hash is computed from; kept in ``step.json`` so a plan can say what changed.
+
+    A per-variant stage also records its variant and the variant's model preset.
+    """
+    fields = config.versioned_fields(prefix=f"{spec.config_section}.")
+    if spec.variant:
+        fields[f"models.{spec.variant}"] = model_preset
+    record = {
         "stage": spec.name,
         "code_version": spec.version,
-        "config": config.versioned_fields(prefix=f"{spec.config_section}."),
+        "config": fields,
         "inputs": dict(sorted(input_hashes.items())),
     }
+    if spec.variant:
+        record["variant"] = spec.variant
+    return record
 
 
 def output_hash(record: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ HEADLINE_METRICS = {
     "docs_in", "docs_kept", "languages_in_mix", "languages_above_floor", "lid_label_agreement", "mb_per_second",
     "vocab_size", "tokens_total", "tokens_per_char_median", "fertility_languages",
     "model", "params_total", "params_active", "first_loss", "final_loss", "tokens_per_second", "mfu",
+    "recall_before_midtrain", "recall_at_trained_length", "recall_beyond_temperature", "recall_beyond_no_temperature",
 }
 
 
@@ -69,11 +70,11 @@ def _summary(run_id: str, state: str, conf: dict, seconds: float) -> None:
         if planned.complete:
             step = json.loads(storage.read_text(storage.join(planned.uri, STEP_FILE)))
             how = "computed" if step["run_id"] == run_id else f"reused (computed by {step['run_id']})"
-            print(f"  {planned.spec.name:<10} {how:<60} {planned.uri}")
+            print(f"  {planned.spec.id:<18} {how:<60} {planned.uri}")
             shown = {k: v for k, v in step["metrics"].items() if k in HEADLINE_METRICS}
-            print(f"  {'':<10}   " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+            print(f"  {'':<18}   " + ", ".join(f"{k}={v}" for k, v in shown.items()))
         else:
-            print(f"  {planned.spec.name:<10} not complete")
+            print(f"  {planned.spec.id:<18} not complete")
     parent = tracking.find_parent(tracking.client(), run_id)
     store = tracking.tracking_uri()
     print("\nWhere to look:")

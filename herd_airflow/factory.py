@@ -30,6 +30,8 @@ def config_arguments() -> list[str]:
 
 def stage_arguments(spec: StageSpec) -> list[str]:
     arguments = ["stage", spec.name, "--run", "{{ run_id }}", *config_arguments()]
+    if spec.variant:
+        arguments += ["--variant", spec.variant]
     arguments += ["--force={{ params.force }}", f"--reuse-only={{{{ '{spec.name}' not in params.stages }}}}"]
     for key, slot in spec.inputs.items():
         source = (

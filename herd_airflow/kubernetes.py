@@ -101,11 +101,13 @@ def _node_selector(resources: Resources, settings: KubernetesSettings) -> dict[s
     return dict(settings.gpu_pool if resources.gpus else settings.cpu_pool)
 
 
-def _env() -> list[k8s.V1EnvVar]:
+def _env(resources: Resources) -> list[k8s.V1EnvVar]:
     return [
         k8s.V1EnvVar(name="HERD_HOME", value="/tmp/herd"),
         k8s.V1EnvVar(name="HOME", value="/tmp"),
         k8s.V1EnvVar(name="MPLCONFIGDIR", value="/tmp/matplotlib"),
+        # What the stage's step record counts as GPU-hours (pods x GPUs x wall).
+        k8s.V1EnvVar(name="HERD_GPUS_PER_POD", value=str(resources.gpus)),
     ]
 
 
@@ -141,7 +143,7 @@ def pod_operator(
         cmds=["herd"],
         arguments=arguments + (["--xcom-file", XCOM_FILE] if returns_output else []),
         labels={"app.kubernetes.io/name": "herd", "app.kubernetes.io/component": "stage", "herd.dev/stage": task_id},
-        env_vars=_env(),
+        env_vars=_env(resources),
         env_from=_env_from(settings),
         container_resources=_resources(resources),
         node_selector=_node_selector(resources, settings),
@@ -198,7 +200,7 @@ def gang_job(gang: str, job_name: str, stage: str, arguments: list[str], resourc
     labels = gang_labels(gang, stage)
     volumes, mounts = _volumes(resources)
     launch = ["launch"] + (["--module", module] if module != "tasks.cli" else []) + ["--", *arguments]
-    env = _env() + [
+    env = _env(resources) + [
         k8s.V1EnvVar(name="HERD_NNODES", value=str(nodes)),
         k8s.V1EnvVar(name="HERD_NPROC_PER_NODE", value=str(resources.gpus or 1)),
         # Pod 0's stable name: <hostname>.<subdomain>, both set by the indexed Job below.

@@ -5,6 +5,7 @@
     herd model info scout [--json]           # total and active parameters, on the meta device
     herd stage datamix --run r1 --config nano --in corpus=.herd/corpus/udhr
     herd stage tokenizer --run r1 --config nano --in mix=URI --set tokenizer.vocab_size=4096
+    herd stage pretrain --variant scout --run r1 --config nano --in tokens=URI
     python -m tasks.datamix --run r1 --config nano     # the same, per stage
     herd launch --nproc 2 -- stage pretrain ...        # every rank of this node (torchrun); see tasks/runtime/launch.py
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from herd.config import ConfigError, parse_override
-from herd.pipeline import STAGE_NAMES, PipelineConfig, load_config
+from herd.pipeline import STAGE_NAMES, PipelineConfig, load_config, stage
 from herd.stage import OUTPUT_LINE_PREFIX
 
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_stage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="the pipeline run id (the DAG run id under Airflow)")
+    parser.add_argument("--variant", default=None, help="for a stage run per model variant: behemoth, scout, maverick")
     _add_config_args(parser)
     parser.add_argument("--in", dest="inputs", action="append", type=_key_value, default=[], metavar="KEY=URI")
     parser.add_argument("--force", type=_bool, nargs="?", const=True, default=False, help="recompute even if complete")
@@ -126,11 +128,13 @@ def cmd_stage(name: str, args: argparse.Namespace) -> int:
     config = _config(args)
     inputs = dict(args.inputs)
     if args.dry_run:
+        wanted = stage(name, args.variant).id
         for planned in step.plan(config, _root(args), inputs):
-            if planned.spec.name == name:
+            if planned.spec.id == wanted:
                 _print_plan([planned])
         return 0
-    uri = step.execute(name, args.run, config, inputs, _root(args), force=args.force, reuse_only=args.reuse_only)
+    uri = step.execute(name, args.run, config, inputs, _root(args), force=args.force, reuse_only=args.reuse_only,
+                       variant=args.variant)
     if args.xcom_file:
         Path(args.xcom_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.xcom_file).write_text(json.dumps(uri))
@@ -146,8 +150,8 @@ def _print_plan(planned_stages) -> None:
             state, why = "run", "never run with any config"
         else:
             state, why = "run", "; ".join(planned.changes) or "previous output incomplete"
-        print(f"{planned.spec.name:<12} {state:<4} {planned.uri}")
-        print(f"{'':<12} {'':<4} {why}")
+        print(f"{planned.spec.id:<18} {state:<4} {planned.uri}")
+        print(f"{'':<18} {'':<4} {why}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -156,7 +160,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     planned = step.plan(_config(args), _root(args), dict(args.inputs))
     if args.json:
         print(json.dumps([
-            {"stage": p.spec.name, "output": p.uri, "hash": p.digest, "complete": p.complete, "changes": p.changes}
+            {"stage": p.spec.id, "output": p.uri, "hash": p.digest, "complete": p.complete, "changes": p.changes}
             for p in planned
         ], indent=2))
     else:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from herd.pipeline import STAGE_NAMES
+from herd.pipeline import STAGES
 
 HEAVY = ["torch", "mlflow", "tokenizers", "transformers", "boto3", "numpy", "pyarrow", "pandas", "matplotlib"]
 
@@ -58,11 +58,20 @@ def test_dag_shape_tags_and_retries():
     assert {"herd", "llama4"} <= set(dag.tags)
     assert dag.schedule is None or str(dag.timetable.summary) == "None"
     ids = {t.task_id for t in dag.tasks}
-    assert ids == {"begin", *STAGE_NAMES, "finish", "finish_failed"}
+    assert ids == {"begin", *(spec.id for spec in STAGES), "finish", "finish_failed"}
     assert dag.get_task("tokenizer").upstream_task_ids == {"datamix"}
     assert dag.get_task("datamix").upstream_task_ids == {"begin"}
-    for name in STAGE_NAMES:
-        assert dag.get_task(name).retries >= 1
+    # One model task per variant, each variant a task group; the students mid-train after their pretraining.
+    assert {"behemoth.pretrain", "scout.pretrain", "maverick.pretrain"} <= ids
+    assert dag.get_task("scout.midtrain").upstream_task_ids == {"scout.pretrain", "tokenizer"}
+    assert dag.get_task("maverick.midtrain").upstream_task_ids == {"maverick.pretrain", "tokenizer"}
+    assert "behemoth.midtrain" not in ids
+    assert set(dag.task_group.children) >= {"behemoth", "scout", "maverick"}
+    arguments = dag.get_task("maverick.midtrain").arguments
+    assert arguments[arguments.index("--variant") + 1] == "maverick"
+    assert "model={{ ti.xcom_pull(task_ids='maverick.pretrain') }}" in arguments
+    for spec in STAGES:
+        assert dag.get_task(spec.id).retries >= 1
 
 
 def _validated(dag, conf: dict) -> dict:

@@ -8,7 +8,7 @@ from kubernetes.client import ApiClient
 
 from conftest import REPO
 from herd.deploy import backend_settings
-from herd.pipeline import STAGE_NAMES, stage
+from herd.pipeline import STAGES_BY_ID
 from herd.stage import Resources
 
 KUBERNETES_VERSION = "1.32"
@@ -54,11 +54,12 @@ def test_every_task_renders_a_valid_restricted_pod(monkeypatch):
         assert {"/tmp", "/dev/shm"} <= mounts
         sources = base["envFrom"]
         assert {"secretRef": {"name": "herd-stage-env"}} in sources
-        if task.task_id in STAGE_NAMES:
-            assert base["args"][:2] == ["stage", task.task_id]
+        if task.task_id in STAGES_BY_ID:
+            spec = STAGES_BY_ID[task.task_id]
+            assert base["args"][:2] == ["stage", spec.name]
             assert base["args"][-2:] == ["--xcom-file", "/airflow/xcom/return.json"]
             assert len(manifest["spec"]["containers"]) == 2  # the XCom sidecar, restricted as well
-            gpus = stage(task.task_id).resources.gpus
+            gpus = spec.resources.gpus
             expected_pool = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"} if gpus else {"herd.dev/pool": "cpu"}
             assert manifest["spec"]["nodeSelector"] == expected_pool
             limits = base["resources"]["limits"]

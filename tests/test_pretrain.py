@@ -31,7 +31,8 @@ def tokens(udhr_subset, tmp_path_factory) -> str:
 
 
 def test_loss_falls_and_the_export_loads_in_transformers(tokens, herd_home):
-    out = Path(output_of(herd("stage", "pretrain", "--run", "p", "--in", f"tokens={tokens}", *TINY)))
+    out = Path(output_of(herd("stage", "pretrain", "--variant", "scout", "--run", "p", "--in", f"tokens={tokens}",
+                              *TINY)))
     metrics = json.loads((out / "step.json").read_text())["metrics"]
     assert metrics["final_loss"] < metrics["first_loss"] - 0.3
     assert metrics["languages_seen"] >= 5
@@ -46,7 +47,7 @@ def test_loss_falls_and_the_export_loads_in_transformers(tokens, herd_home):
 
 
 def test_killed_run_resumes_to_the_same_weights(tokens, tmp_path):
-    args = ["stage", "pretrain", "--run", "k", "--in", f"tokens={tokens}", *TINY]
+    args = ["stage", "pretrain", "--variant", "maverick", "--run", "k", "--in", f"tokens={tokens}", *TINY]
     straight = Path(output_of(herd(*args, env={"HERD_HOME": str(tmp_path / "straight")})))
 
     env = {**os.environ, "HERD_HOME": str(tmp_path / "killed")}
@@ -58,7 +59,7 @@ def test_killed_run_resumes_to_the_same_weights(tokens, tmp_path):
             break
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    killed_out = tmp_path / "killed" / "artifacts" / "pretrain" / straight.name
+    killed_out = tmp_path / "killed" / "artifacts" / "pretrain" / "maverick" / straight.name
     assert not (killed_out / "_SUCCESS").exists() and (killed_out / "checkpoints").exists()
 
     retried = herd(*args, env={"HERD_HOME": str(tmp_path / "killed")})
@@ -71,11 +72,11 @@ def test_killed_run_resumes_to_the_same_weights(tokens, tmp_path):
 
 def test_windows_are_a_function_of_the_step(tokens):
     windows = TokenWindows(Path(tokens) / "tokens", seq_len=32, batch_size=3, seed=7)
-    first, languages = windows.batch(5)
-    again, _ = TokenWindows(Path(tokens) / "tokens", seq_len=32, batch_size=3, seed=7).batch(5)
+    first, languages, _ = windows.batch(5)
+    again = TokenWindows(Path(tokens) / "tokens", seq_len=32, batch_size=3, seed=7).batch(5).tokens
     assert torch.equal(first, again) and first.shape == (3, 33)
     assert sum(languages.values()) == 3 * 33
-    assert not torch.equal(first, windows.batch(6)[0])
+    assert not torch.equal(first, windows.batch(6).tokens)
 
 
 def test_schedules():
@@ -91,13 +92,13 @@ def test_schedules():
 def test_aux_loss_free_balancing_moves_the_selection_bias_and_warns_on_export(tokens, tmp_path):
     from herd.model import nano
     from tasks.model import hf
-    from tasks.pretrain.train import train
+    from tasks.pretrain.train import new_model, train
 
     index = json.loads((Path(tokens) / "tokens" / "index.json").read_text())
     config = load_config("nano", {"pretrain.router_balance": "bias", "pretrain.steps": 3, "pretrain.seq_len": 32,
                                   "pretrain.batch_size": 2, "pretrain.checkpoint_every": 100}).pretrain
-    model, _ = train(nano().model_copy(update={"vocab_size": index["vocab_size"]}), config,
-                     Path(tokens) / "tokens", tmp_path, lambda step, metrics: None)
+    model = new_model(nano().model_copy(update={"vocab_size": index["vocab_size"]}), config)
+    train(model, config, TokenWindows(Path(tokens) / "tokens", 32, 2, 0), tmp_path, lambda step, metrics: None)
     biases = [block.moe.selection_bias for block in model.layers if block.moe is not None]
     assert all(b.abs().sum() > 0 for b in biases)
     exported = json.loads((hf.export(model, tmp_path / "hf") / "config.json").read_text())

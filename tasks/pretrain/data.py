@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tasks.pretrain.batch import Batch
+
 
 class TokenWindows:
     def __init__(self, tokens_dir: Path, seq_len: int, batch_size: int, seed: int) -> None:
@@ -46,7 +48,7 @@ class TokenWindows:
         shard, start = self.windows[self._order[1][offset]]
         return int(shard), int(start)
 
-    def batch(self, step: int) -> tuple[torch.Tensor, Counter]:
+    def batch(self, step: int) -> Batch:
         """``(batch, seq_len + 1)`` token ids for ``step``, and how many of them each language wrote."""
         rows, languages = [], Counter()
         for sample in range(step * self.batch_size, (step + 1) * self.batch_size):
@@ -54,7 +56,7 @@ class TokenWindows:
             end = start + self.seq_len + 1
             rows.append(np.asarray(self.tokens[shard][start:end], dtype=np.int64))
             languages.update(self._languages(shard, start, end))
-        return torch.from_numpy(np.stack(rows)), languages
+        return Batch(torch.from_numpy(np.stack(rows)), languages)
 
     def _languages(self, shard: int, start: int, end: int) -> Counter:
         spans = self.spans[shard]

@@ -1,5 +1,9 @@
-"""The single-process training loop: next-token loss plus router balance loss, AdamW, a schedule,
-gradient clipping, checkpoints that resume bit for bit on the CPU.
+"""The training loop every model stage uses: next-token loss plus router balance loss, a schedule,
+gradient clipping, metrics, and checkpoints that resume bit for bit on the CPU.
+
+The loop is the same for one process and for DeepSpeed data parallelism (see
+:mod:`tasks.pretrain.engine`): each rank takes its rows of the step's batch, which is a
+pure function of the step, so resuming needs only the step number.
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ import torch.nn.functional as F
 
 from herd.model import ModelConfig
 from herd.stages.pretrain import PretrainConfig
+from herd.stages.training import TrainingConfig
 from tasks.model.llama4 import Llama4, param_group
-from tasks.pretrain import checkpoint
-from tasks.pretrain.data import TokenWindows
+from tasks.pretrain.batch import BatchSource
+from tasks.pretrain.engine import make_engine
 
 log = logging.getLogger(__name__)
 
 
-def lr_factor(step: int, config: PretrainConfig) -> float:
+def lr_factor(step: int, config: TrainingConfig) -> float:
     """Multiplier of the peak LR: linear warmup, then cosine to ``min_lr_ratio`` or WSD's stable + linear decay."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -43,7 +48,7 @@ def width_mult(model_config: ModelConfig, config: PretrainConfig) -> float:
     return model_config.dim / config.mup_base_dim if config.mup_base_dim else 1.0
 
 
-def param_groups(model: Llama4, config: PretrainConfig, mult: float = 1.0) -> list[dict]:
+def param_groups(model: Llama4, config: TrainingConfig, mult: float = 1.0) -> list[dict]:
     """One AdamW group per µP role: hidden and output LRs scale by 1/width_mult; decay on matrices only."""
     lr_scale = {"embedding": 1.0, "hidden": 1.0 / mult, "output": 1.0 / mult, "norms": 1.0}
     groups: dict[str, list] = {role: [] for role in lr_scale}
@@ -54,6 +59,15 @@ def param_groups(model: Llama4, config: PretrainConfig, mult: float = 1.0) -> li
          "weight_decay": 0.0 if role == "norms" else config.weight_decay}
         for role, params in groups.items() if params
     ]
+
+
+def new_model(model_config: ModelConfig, config: PretrainConfig) -> Llama4:
+    """A freshly initialised model, the same for a given seed (so a resumed run starts from the same one)."""
+    torch.manual_seed(config.seed)
+    model = Llama4(model_config)
+    model.init_weights(std=config.init_std, generator=torch.Generator().manual_seed(config.seed),
+                       width_mult=width_mult(model_config, config))
+    return model
 
 
 def expert_load(router_stats) -> list[list[float]]:
@@ -68,47 +82,67 @@ class History:
     load_sum: list[list[float]] | None = None  # summed per-layer expert shares, averaged at the end
     load_count: int = 0
     tokens_by_language: Counter = field(default_factory=Counter)
+    tokens_per_second: list[float] = field(default_factory=list)
+    mfu: list[float] = field(default_factory=list)
 
 
-def train(model_config: ModelConfig, config: PretrainConfig, tokens_dir: Path, out: Path,
+@dataclass(frozen=True)
+class Throughput:
+    """What MFU is measured against: model FLOPs per token and the hardware's peak FLOP/s."""
+
+    flops_per_token: float = 0.0
+    peak_flops: float = 0.0
+
+
+def device_and_dtype(config: TrainingConfig) -> tuple[torch.device, torch.dtype]:
+    """bf16 autocast on a GPU, fp32 on the CPU, unless the config says otherwise."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.precision in {"fp8", "bf16"} or (config.precision == "auto" and device.type == "cuda"):
+        return device, torch.bfloat16
+    return device, torch.float32
+
+
+def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path,
           on_metrics: Callable[[int, dict], None], remote: str | None = None,
-          flops_per_token: float = 0.0, peak_flops: float = 0.0) -> tuple[Llama4, History]:
-    torch.manual_seed(config.seed)
-    data = TokenWindows(tokens_dir, config.seq_len, config.batch_size, config.seed)
-    model = Llama4(model_config)
-    mult = width_mult(model_config, config)
-    model.init_weights(std=config.init_std, generator=torch.Generator().manual_seed(config.seed), width_mult=mult)
-    optimizer = torch.optim.AdamW(param_groups(model, config, mult), lr=config.lr, betas=(config.beta1, config.beta2),
-                                  foreach=False)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    start = 0
-    found = checkpoint.latest(out, remote)
-    if found is not None:
-        start = checkpoint.restore(found, model, optimizer, scheduler)
-        log.info("pretrain: resuming from %s at step %d", found.name, start)
+          throughput: Throughput = Throughput(), mult: float = 1.0, label: str = "pretrain") -> History:
+    """Train ``model`` in place for ``config.steps`` steps, resuming from the newest checkpoint under ``out``."""
+    device, dtype = device_and_dtype(config)
+    model.to(device)
+    if config.precision == "fp8":
+        from tasks.pretrain.fp8 import convert_to_fp8
+
+        convert_to_fp8(model)
+    engine = make_engine(model, param_groups(model, config, mult), config, lambda step: lr_factor(step, config),
+                         bf16=False)
+    start = engine.resume(out, remote)
+    if start:
+        log.info("%s: resuming at step %d", label, start)
     history = History()
-    progress = _progress(config.steps, start)
+    progress = _progress(label, config.steps, start) if engine.rank == 0 else (lambda step, loss: None)
     clock, tokens_since = time.monotonic(), 0
     for step in range(start, config.steps):
-        batch, languages = data.batch(step)
-        out_model = model(batch[:, :-1])
-        lm_loss = F.cross_entropy(out_model.logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+        batch = batches.batch(step)
+        rows = slice(engine.rank, None, engine.world_size)
+        tokens = batch.tokens[rows].to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out_model = engine(tokens[:, :-1])
+        weights = None if batch.weights is None else batch.weights[rows].to(device)
+        lm_loss = _lm_loss(out_model.logits, tokens[:, 1:], weights)
         loss = lm_loss + config.aux_loss_coef * out_model.aux_loss if config.router_balance == "aux_loss" else lm_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        grad_norm = engine.backward_and_step(loss)
+        counts = [stats.tokens_per_expert for stats in out_model.router]
+        if engine.world_size > 1 and counts:
+            counts = _all_ranks_sum(counts)
         if config.router_balance == "bias":
-            moe_layers = [block.moe for block in model.layers if block.moe is not None]
-            for moe, stats in zip(moe_layers, out_model.router):
-                moe.update_selection_bias(stats.tokens_per_expert, config.bias_update_rate)
+            moe_layers = [block.moe for block in engine.module.layers if block.moe is not None]
+            for moe, layer_counts in zip(moe_layers, counts):
+                moe.update_selection_bias(layer_counts, config.bias_update_rate)
 
-        tokens_since += batch[:, 1:].numel()
-        history.tokens_by_language.update(languages)
+        tokens_since += batch.tokens[:, 1:].numel()
+        history.tokens_by_language.update(batch.languages)
         history.steps.append(step)
         history.losses.append(lm_loss.item())
-        loads = expert_load(out_model.router)
+        loads = [(c.float() / c.sum()).tolist() for c in counts]
         if history.load_sum is None:
             history.load_sum = [[0.0] * len(layer) for layer in loads]
         for summed, layer in zip(history.load_sum, loads):
@@ -122,20 +156,42 @@ def train(model_config: ModelConfig, config: PretrainConfig, tokens_dir: Path, o
             metrics = {
                 "loss": lm_loss.item(),
                 "aux_loss": out_model.aux_loss.item(),
-                "grad_norm": float(grad_norm),
-                **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups},
+                "grad_norm": grad_norm,
+                **{f"lr/{group['name']}": group["lr"] for group in engine.param_groups},
                 "tokens_per_second": tokens_per_second,
                 **{f"expert_load_cv/layer{i}": _cv(layer) for i, layer in enumerate(loads)},
             }
-            if flops_per_token and peak_flops:
-                metrics["mfu"] = tokens_per_second * flops_per_token / peak_flops
+            history.tokens_per_second.append(tokens_per_second)
+            if throughput.flops_per_token and throughput.peak_flops:
+                # Per device: each rank's share of the tokens against one device's peak.
+                per_device = tokens_per_second / engine.world_size
+                metrics["mfu"] = per_device * throughput.flops_per_token / throughput.peak_flops
+                history.mfu.append(metrics["mfu"])
             on_metrics(done, metrics)
             clock, tokens_since = time.monotonic(), 0
         if done % config.checkpoint_every == 0 or done == config.steps:
-            saved = checkpoint.save(out, done, model, optimizer, scheduler, remote)
-            log.info("pretrain: step %d, loss %.4f, checkpoint %s", done, lm_loss.item(), saved.name)
+            saved = engine.save(out, done, remote)
+            log.info("%s: step %d, loss %.4f, checkpoint %s", label, done, lm_loss.item(), saved.name)
         progress(done, lm_loss.item())
-    return model, history
+    model.to("cpu")
+    return history
+
+
+def _lm_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    per_token = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    if weights is None:
+        return per_token.mean()
+    weights = weights.flatten().to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum()
+
+
+def _all_ranks_sum(counts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Expert loads over every rank, so the selection bias stays the same on all of them."""
+    import torch.distributed as dist
+
+    stacked = torch.stack(counts).float()
+    dist.all_reduce(stacked)
+    return list(stacked.long().unbind(0))
 
 
 def _cv(shares: list[float]) -> float:
@@ -144,13 +200,13 @@ def _cv(shares: list[float]) -> float:
     return (sum((s - mean) ** 2 for s in shares) / len(shares)) ** 0.5 / mean if mean else 0.0
 
 
-def _progress(total: int, start: int) -> Callable[[int, float], None]:
+def _progress(label: str, total: int, start: int) -> Callable[[int, float], None]:
     """A progress bar on a terminal; nothing in a log file (metrics are logged anyway)."""
     if not sys.stderr.isatty():
         return lambda step, loss: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=start, desc="pretrain", unit="step")
+    bar = tqdm(total=total, initial=start, desc=label, unit="step")
 
     def update(step: int, loss: float) -> None:
         bar.update(step - bar.n)

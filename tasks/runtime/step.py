@@ -28,7 +28,7 @@ from herd.stage import StageSpec
 from herd.versioning import describe_changes, output_hash, output_uri, version_record
 from tasks.runtime import storage
 from tasks.runtime.home import default_corpus
-from tasks.runtime.tracking import StageRun
+from tasks.runtime.tracking import NullRun, StageRun
 
 log = logging.getLogger("herd")
 
@@ -57,6 +57,19 @@ class StageContext:
     workdir: Path
     tracker: StageRun
     summary: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0  # under torchrun, only rank 0 writes outputs and tracks
+
+    @property
+    def variant(self) -> str | None:
+        return self.spec.variant
+
+    @property
+    def model_preset(self) -> str:
+        return self.pipeline.models.preset(self.spec.variant or "scout")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
 @dataclass
@@ -127,13 +140,23 @@ def plan(config: PipelineConfig, artifact_root: str, external: dict[str, str]) -
             else:
                 uri = resolve_inputs(spec, {k: v for k, v in external.items() if k in spec.inputs})[key]
                 hashes[key] = input_hash(spec, key, uri)
-        record = version_record(spec, config.section(spec), hashes)
+        record = _record(spec, config, hashes)
         digest = output_hash(record)
-        uri = output_uri(artifact_root, spec.name, digest)
+        uri = output_uri(artifact_root, spec.artifact_path, digest)
         complete = storage.exists(storage.join(uri, SUCCESS))
-        previous = None if complete else latest_record(artifact_root, spec.name)
-        planned[spec.name] = PlannedStage(spec, uri, digest, record, complete, previous)
+        previous = None if complete else latest_record(artifact_root, spec.artifact_path)
+        planned[spec.id] = PlannedStage(spec, uri, digest, record, complete, previous)
     return list(planned.values())
+
+
+def _record(spec: StageSpec, config: PipelineConfig, hashes: dict[str, str]) -> dict[str, Any]:
+    model = config.models.preset(spec.variant) if spec.variant else None
+    return version_record(spec, config.section(spec), hashes, model)
+
+
+def rank() -> int:
+    """This process's rank when torchrun (or a gang launcher) started several; 0 otherwise."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _git_commit() -> str:
@@ -160,33 +183,40 @@ def execute(
     artifact_root: str,
     force: bool = False,
     reuse_only: bool = False,
+    variant: str | None = None,
 ) -> str:
     """Run stage ``name`` (or find it done) and return its output URI."""
-    spec = stage(name)
+    spec = stage(name, variant)
     stage_config: StageConfig = config.section(spec)
     inputs = resolve_inputs(spec, given_inputs)
     hashes = {key: input_hash(spec, key, uri) for key, uri in inputs.items()}
-    record = version_record(spec, stage_config, hashes)
+    record = _record(spec, config, hashes)
     digest = output_hash(record)
-    out = output_uri(artifact_root, spec.name, digest)
+    out = output_uri(artifact_root, spec.artifact_path, digest)
     marker = storage.join(out, SUCCESS)
 
+    label = spec.id
     if storage.exists(marker) and not force:
-        log.info("%s: complete output found at %s, skipping (use --force to recompute)", name, out)
+        log.info("%s: complete output found at %s, skipping (use --force to recompute)", label, out)
         return out
     if reuse_only:
         raise NotSelected(
-            f"stage {name} is not selected and has no complete output at {out}; select it or run it first"
+            f"stage {label} is not selected and has no complete output at {out}; select it or run it first"
         )
+    this_rank = rank()
+    if this_rank > 0:
+        return _execute_follower(spec, run_id, config, stage_config, inputs, out, this_rank)
     tags = {
         "herd.preset": config.preset,
         "herd.config_hash": digest,
         "herd.code_version": f"{herd.__version__}+{spec.name}.v{spec.version}",
         "herd.dag_run_id": run_id,
+        **({"herd.variant": spec.variant, "herd.model": record["config"][f"models.{spec.variant}"]}
+           if spec.variant else {}),
     }
     params = {**stage_config.model_dump(mode="json"), **{f"input.{k}": v for k, v in inputs.items()}, "output": out}
     # Tracking first: an unreachable MLflow fails the stage before anything is touched.
-    tracker = StageRun.start(run_id, name, tags, params)
+    tracker = StageRun.start(run_id, label, tags, params)
     if storage.exists(marker):
         storage.delete(marker)  # --force: readers must not take a folder being rewritten as complete
     if force or not spec.resumable:
@@ -195,13 +225,17 @@ def execute(
     workdir = Path(tempfile.mkdtemp(prefix=f"herd-{name}-")) if remote else storage.local_path(out)
     workdir.mkdir(parents=True, exist_ok=True)
     started, clock = _now(), time.monotonic()
-    log.info("%s: computing into %s (MLflow run %s)", name, out, tracker.run_id)
+    log.info("%s: computing into %s (MLflow run %s)", label, out, tracker.run_id)
     try:
         module = importlib.import_module(f"tasks.{name}.stage")
         context = StageContext(spec, run_id, config, stage_config, inputs, out, workdir, tracker)
         summary = module.run(context) or {}
+        wall = round(time.monotonic() - clock, 3)
+        gpu_hours = round(gpus_in_use() * wall / 3600, 6)
         step = {
             "stage": name,
+            "stage_id": label,
+            "variant": spec.variant,
             "run_id": run_id,
             "inputs": inputs,
             "input_hashes": hashes,
@@ -213,7 +247,8 @@ def execute(
             "host": socket.gethostname(),
             "started_at": started,
             "finished_at": _now(),
-            "wall_seconds": round(time.monotonic() - clock, 3),
+            "wall_seconds": wall,
+            "gpu_hours": gpu_hours,
             "metrics": summary,
             "mlflow_run_id": tracker.run_id,
         }
@@ -221,7 +256,7 @@ def execute(
         if remote:
             storage.upload_tree(workdir, out)
         tracker.log_artifact(workdir / STEP_FILE)
-        tracker.log_metrics({"wall_seconds": step["wall_seconds"]})
+        tracker.log_metrics({"wall_seconds": wall, "gpu_hours": gpu_hours})
         storage.write_text(marker, json.dumps({"output_hash": digest, "finished_at": step["finished_at"]}) + "\n")
     except BaseException:
         tracker.end("FAILED")
@@ -230,5 +265,33 @@ def execute(
         if remote:
             shutil.rmtree(workdir, ignore_errors=True)
     tracker.end("FINISHED")
-    log.info("%s: done in %.1f s -> %s", name, step["wall_seconds"], out)
+    log.info("%s: done in %.1f s -> %s", label, step["wall_seconds"], out)
+    return out
+
+
+def gpus_in_use() -> int:
+    """GPUs this stage holds: pods x GPUs per pod, as the backend that started it says."""
+    per_pod = int(os.environ.get("HERD_GPUS_PER_POD", "0") or 0)
+    if not per_pod and os.environ.get("CUDA_VISIBLE_DEVICES"):
+        per_pod = len([d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()])
+    return per_pod * int(os.environ.get("HERD_NNODES", "1") or 1)
+
+
+def _execute_follower(spec: StageSpec, run_id: str, config: PipelineConfig, stage_config: StageConfig,
+                      inputs: dict[str, str], out: str, this_rank: int) -> str:
+    """A rank other than 0 computes its share but neither tracks nor writes the stage's outputs.
+
+    It shares the output folder on one machine (its checkpoint shards go beside rank 0's);
+    with an S3 output each rank works in its own scratch folder and uploads its shards.
+    """
+    remote = storage.is_s3(out)
+    workdir = Path(tempfile.mkdtemp(prefix=f"herd-{spec.name}-rank{this_rank}-")) if remote else storage.local_path(out)
+    workdir.mkdir(parents=True, exist_ok=True)
+    module = importlib.import_module(f"tasks.{spec.name}.stage")
+    context = StageContext(spec, run_id, config, stage_config, inputs, out, workdir, NullRun(), rank=this_rank)
+    try:
+        module.run(context)
+    finally:
+        if remote:
+            shutil.rmtree(workdir, ignore_errors=True)
     return out

@@ -160,6 +160,27 @@ class StageRun:
         self.client.set_terminated(self.run_id, status=status)
 
 
+class NullRun:
+    """What ranks other than 0 log to: nothing (rank 0 logs for the stage)."""
+
+    run_id = ""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        pass
+
+    def log_plot(self, name: str, draw: Callable[[Any], None], folder: str = "plots") -> None:
+        pass
+
+    def end(self, status: str) -> None:
+        pass
+
+
 def end_parent(run_id: str, status: str, summary: dict[str, float]) -> str | None:
     mlflow_client = client()
     parent = find_parent(mlflow_client, run_id)

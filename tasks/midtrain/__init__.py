@@ -1,0 +1,1 @@
+"""Stage midtrain: long-context continuation with needle-in-a-haystack data and retrieval heatmaps."""

@@ -1,0 +1,28 @@
+"""The FP8 path for Hopper GPUs: torchao's float8 training on the model's large linear layers.
+
+Scaled FP8 matmuls (dynamic per-tensor scales) replace bf16 ones in attention and dense
+FFNs; the router, the output head and the stacked expert weights stay in bf16 (the
+router's small logits are precision-sensitive, the experts run as grouped matmuls).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def convert_to_fp8(model: torch.nn.Module) -> torch.nn.Module:
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        raise RuntimeError("precision=fp8 needs an FP8-capable GPU (Hopper, compute capability 8.9+); "
+                           "use precision=bf16 or auto")
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError as err:
+        raise RuntimeError("precision=fp8 needs torchao (pip install torchao); the trainer image has it") from err
+
+    def wanted(module: torch.nn.Module, name: str) -> bool:
+        if not isinstance(module, torch.nn.Linear) or name == "output" or name.endswith("router"):
+            return False
+        # float8 matmuls need both dimensions divisible by 16.
+        return module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    return convert_to_float8_training(model, module_filter_fn=wanted)
