@@ -12,6 +12,7 @@ class Batch(NamedTuple):
     tokens: torch.Tensor  # (B, S + 1) ids: inputs and shifted targets
     languages: Counter  # tokens per language in the batch
     weights: torch.Tensor | None = None  # (B, S) loss weight per target; None weighs every target alike
+    extra: dict | None = None  # what a stage's own objective needs besides tokens (e.g. teacher targets)
 
 
 class BatchSource(Protocol):

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from herd.model import ModelConfig
 from herd.stages.pretrain import PretrainConfig
 from herd.stages.training import TrainingConfig
-from tasks.model.llama4 import Llama4, param_group
-from tasks.pretrain.batch import BatchSource
+from tasks.model.llama4 import Llama4, Output, param_group
+from tasks.pretrain.batch import Batch, BatchSource
 from tasks.pretrain.engine import make_engine
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,23 @@ def device_and_dtype(config: TrainingConfig) -> tuple[torch.device, torch.dtype]
     return device, torch.float32
 
 
+def next_token_objective(out_model: Output, targets: torch.Tensor, batch: Batch, rows: slice,
+                         step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The default objective: next-token cross-entropy, weighted per target when the batch says so."""
+    weights = None if batch.weights is None else batch.weights[rows].to(targets.device)
+    return _lm_loss(out_model.logits, targets, weights), {}
+
+
 def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path,
           on_metrics: Callable[[int, dict], None], remote: str | None = None,
-          throughput: Throughput = Throughput(), mult: float = 1.0, label: str = "pretrain") -> History:
-    """Train ``model`` in place for ``config.steps`` steps, resuming from the newest checkpoint under ``out``."""
+          throughput: Throughput = Throughput(), mult: float = 1.0, label: str = "pretrain",
+          objective=next_token_objective) -> History:
+    """Train ``model`` in place for ``config.steps`` steps, resuming from the newest checkpoint under ``out``.
+
+    ``objective(out_model, targets, batch, rows, step) -> (loss, metrics)`` is the model loss
+    before router balance: next-token cross-entropy by default, co-distillation or a
+    post-training loss otherwise. ``rows`` selects this rank's rows of ``batch``.
+    """
     device, dtype = device_and_dtype(config)
     model.to(device)
     if config.precision == "fp8":
@@ -126,8 +139,7 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
         tokens = batch.tokens[rows].to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             out_model = engine(tokens[:, :-1])
-        weights = None if batch.weights is None else batch.weights[rows].to(device)
-        lm_loss = _lm_loss(out_model.logits, tokens[:, 1:], weights)
+        lm_loss, extra_metrics = objective(out_model, tokens[:, 1:], batch, rows, step)
         loss = lm_loss + config.aux_loss_coef * out_model.aux_loss if config.router_balance == "aux_loss" else lm_loss
         grad_norm = engine.backward_and_step(loss)
         counts = [stats.tokens_per_expert for stats in out_model.router]
@@ -159,6 +171,7 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
                 "grad_norm": grad_norm,
                 **{f"lr/{group['name']}": group["lr"] for group in engine.param_groups},
                 "tokens_per_second": tokens_per_second,
+                **extra_metrics,
                 **{f"expert_load_cv/layer{i}": _cv(layer) for i, layer in enumerate(loads)},
             }
             history.tokens_per_second.append(tokens_per_second)
