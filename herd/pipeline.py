@@ -19,6 +19,7 @@ from herd.stages.datamix import DatamixConfig
 from herd.stages.midtrain import MidtrainConfig
 from herd.stages.models import STUDENTS, VARIANTS, ModelsConfig
 from herd.stages.pretrain import PretrainConfig
+from herd.stages.problems import ProblemsConfig
 from herd.stages.tokenizer import TokenizerConfig
 
 
@@ -31,6 +32,7 @@ class PipelineConfig(BaseModel):
     tokenizer: TokenizerConfig = TokenizerConfig()
     pretrain: PretrainConfig = PretrainConfig()
     midtrain: MidtrainConfig = MidtrainConfig()
+    problems: ProblemsConfig = ProblemsConfig()
 
     @model_validator(mode="after")
     def _longer_context(self) -> "PipelineConfig":
@@ -79,6 +81,14 @@ STAGES: list[StageSpec] = [
         inputs={"tokens": Input("the tokenizer output (token shards and tokenizer)", from_stage="tokenizer")},
         resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
         resumable=True,
+    ),
+    StageSpec(
+        name="problems",
+        summary="build prompt/answer sets with checkers (UDHR tasks, arithmetic, strings, sandboxed code)",
+        config_type=ProblemsConfig,
+        config_section="problems",
+        inputs={"udhr": Input("UDHR JSONL (aligned articles), file, folder or s3:// prefix; empty for the seed corpus")},
+        resources=Resources(cpu="2", memory="4Gi"),
     ),
     *_per_variant(
         STUDENTS,

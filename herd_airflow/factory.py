@@ -34,8 +34,10 @@ def stage_arguments(spec: StageSpec) -> list[str]:
         arguments += ["--variant", spec.variant]
     arguments += ["--force={{ params.force }}", f"--reuse-only={{{{ '{spec.name}' not in params.stages }}}}"]
     for key, slot in spec.inputs.items():
+        # A user-data input comes from the DAG parameter of its name, if the DAG has one.
         source = (
-            f"{{{{ ti.xcom_pull(task_ids='{slot.from_stage}') }}}}" if slot.from_stage else f"{{{{ params.{key} }}}}"
+            f"{{{{ ti.xcom_pull(task_ids='{slot.from_stage}') }}}}" if slot.from_stage
+            else f"{{{{ params.get('{key}', '') }}}}"
         )
         arguments += ["--in", f"{key}={source}"]
     return arguments

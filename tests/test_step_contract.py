@@ -77,7 +77,7 @@ def test_plan_explains_what_changed(udhr_subset, herd_home):
     planned = json.loads(herd("plan", "--in", corpus, "--json").stdout)
     assert [(p["stage"], p["complete"]) for p in planned] == [
         ("datamix", True), ("tokenizer", True), ("behemoth.pretrain", False), ("scout.pretrain", False),
-        ("maverick.pretrain", False), ("scout.midtrain", False), ("maverick.midtrain", False)]
+        ("maverick.pretrain", False), ("problems", False), ("scout.midtrain", False), ("maverick.midtrain", False)]
 
     changed = herd("plan", "--in", corpus, "--set", "datamix.min_chars=60", "--set", "datamix.workers=1").stdout
     lines = changed.splitlines()

@@ -36,6 +36,10 @@ STEP_FILE = "step.json"
 SUCCESS = "_SUCCESS"
 
 
+# User-data inputs that default to the UDHR seed corpus when none is given.
+SEED_CORPUS_INPUTS = {"corpus", "udhr"}
+
+
 class InputError(RuntimeError):
     pass
 
@@ -109,7 +113,7 @@ def resolve_inputs(spec: StageSpec, given: dict[str, str]) -> dict[str, str]:
     resolved = {}
     for key, slot in spec.inputs.items():
         uri = given.get(key) or ""
-        if not uri and slot.from_stage is None and key == "corpus":
+        if not uri and slot.from_stage is None and key in SEED_CORPUS_INPUTS:
             uri = default_corpus()
         if not uri:
             raise InputError(f"stage {spec.name} needs --in {key}=URI ({slot.description})")
@@ -139,7 +143,10 @@ def plan(config: PipelineConfig, artifact_root: str, external: dict[str, str]) -
                 hashes[key] = planned[slot.from_stage].digest
             else:
                 uri = resolve_inputs(spec, {k: v for k, v in external.items() if k in spec.inputs})[key]
-                hashes[key] = input_hash(spec, key, uri)
+                try:
+                    hashes[key] = input_hash(spec, key, uri)
+                except InputError:  # a plan still shows the other stages; running this one will say why
+                    hashes[key] = f"missing:{uri}"
         record = _record(spec, config, hashes)
         digest = output_hash(record)
         uri = output_uri(artifact_root, spec.artifact_path, digest)
