@@ -1,0 +1,135 @@
+"""Lightweight SFT end to end: judge, prune, report, train on the rest, measure on the held-out hard set.
+
+    from tasks.model.artifacts import load_model
+    student = load_model(Path(".herd/artifacts/midtrain/<hash>"))
+    judge = load_model(Path(".herd/artifacts/pretrain/<behemoth hash>"))
+    summary, history = run_sft(student, judge, problems_dir, tokenizer_dir, config, config.drop_fraction("scout"),
+                               workdir, on_metrics=lambda step, m: print(step, m), log_plot=lambda name, draw: None)
+
+On the CPU with the nano presets (``SFTConfig()`` defaults) this takes minutes; a test-sized
+run (tiny model, a few hundred problems, a few steps) takes seconds. ``student`` is trained
+in place; the caller writes it with :func:`tasks.model.artifacts.write_model`.
+
+Under ``workdir``: ``judge_scores.json`` (train and eval scores, so a restarted run prunes
+exactly as the first one did), ``checkpoints/`` (the pruned run, resumed by the training
+loop), ``unpruned/checkpoints/`` (the equal-compute baseline, with ``compare_unpruned``), and
+``reports/``: ``sft_pruning.csv`` (kept/dropped per difficulty bucket and capability),
+``sft_examples.json`` (examples of each), ``sft_hard_eval.csv`` (the hard set before SFT,
+after pruned SFT and after unpruned SFT).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from herd.stages.sft import SFTConfig
+from tasks.model.llama4 import Llama4
+from tasks.pretrain.reports import training_summary
+from tasks.pretrain.train import History
+from tasks.problems.chat import load_tokenizer
+from tasks.problems.item import read_jsonl
+from tasks.runtime import storage
+from tasks.runtime.reports import write_csv
+from tasks.sft.data import Example, render_examples
+from tasks.sft.evaluate import arm_row, evaluate, hard_set, train_arm
+from tasks.sft.judge import difficulty, prune
+from tasks.sft.report import hint_agreement, logged_examples, pruning_plot, pruning_rows
+
+log = logging.getLogger(__name__)
+
+SCORES = "judge_scores.json"
+
+
+def run_sft(student: Llama4, judge: Llama4 | None, problems_dir: Path, tokenizer_dir: Path, config: SFTConfig,
+            drop_fraction: float, workdir: Path, on_metrics: Callable[[int, dict], None],
+            log_plot: Callable[[str, Callable], None], *, log_artifact: Callable[[Path, str], None] | None = None,
+            mult: float = 1.0, remote: str | None = None) -> tuple[dict, History]:
+    """Prune ``problems_dir/train.jsonl`` by ``config.judge`` and fine-tune ``student`` on what is left.
+
+    ``judge`` is the teacher (unused, may be None, for ``student_loss``). ``log_artifact(path,
+    folder)`` receives each report file; ``mult`` keeps pretraining's µP learning-rate ratios.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    judging = student if config.judge == "student_loss" else judge
+    if judging is None:
+        raise ValueError(f"judge {config.judge!r} needs the teacher model")
+    train_examples, too_long = render_examples(tokenizer, read_jsonl(problems_dir / "train.jsonl"), config.seed,
+                                               config.seq_len + 1)
+    held_out, _ = render_examples(tokenizer, read_jsonl(problems_dir / "eval.jsonl")[: config.eval_max_items],
+                                  config.seed, config.seq_len + 1)
+    scores, eval_scores = _judge_scores(workdir / SCORES, config, judging, tokenizer, train_examples, held_out)
+
+    kept, dropped = prune(train_examples, scores, drop_fraction)
+    kept_ids = {e.id for e in kept}
+    rows = pruning_rows(train_examples, scores, kept_ids, config.buckets)
+    reports = workdir / "reports"
+    files = [write_csv(reports / "sft_pruning.csv", rows)]
+    examples_json = reports / "sft_examples.json"
+    examples_json.write_text(json.dumps(logged_examples(train_examples, scores, kept_ids, config.buckets,
+                                                        config.examples_to_log), indent=2, ensure_ascii=False))
+    files.append(examples_json)
+    log_plot("sft_pruning.png", pruning_plot(rows))
+    log.info("sft: judge %s kept %d of %d examples (%d dropped, %d too long for %d tokens)", config.judge,
+             len(kept), len(train_examples), len(dropped), too_long, config.seq_len)
+
+    hard = hard_set(held_out, eval_scores, config.buckets, config.hard_buckets)
+    init = copy.deepcopy(student.state_dict()) if config.compare_unpruned else None
+    before = evaluate(student, tokenizer, hard, config)
+    history, packed = train_arm(student, kept, tokenizer, config, workdir, on_metrics, remote, mult, label="sft")
+    table = [arm_row("before", config.seed, None, None, config, before),
+             arm_row("pruned", config.seed, packed, history, config, evaluate(student, tokenizer, hard, config))]
+    if init is not None:
+        baseline = Llama4(student.config)
+        baseline.load_state_dict(init)
+        unpruned_history, unpruned_rows = train_arm(
+            baseline, train_examples, tokenizer, config, workdir / "unpruned",
+            lambda step, metrics: on_metrics(step, {f"unpruned/{k}": v for k, v in metrics.items()}),
+            storage.join(remote, "unpruned") if remote else None, mult, label="sft.unpruned")
+        table.append(arm_row("unpruned", config.seed, unpruned_rows, unpruned_history, config,
+                             evaluate(baseline, tokenizer, hard, config)))
+    files.append(write_csv(reports / "sft_hard_eval.csv", table))
+    for path in files:
+        if log_artifact is not None:
+            log_artifact(path, "reports")
+
+    summary = {
+        "judge": config.judge,
+        "drop_fraction": drop_fraction,
+        "train_examples": len(train_examples),
+        "kept": len(kept),
+        "dropped": len(dropped),
+        "too_long": too_long,
+        "kept_score_min": round(min(s for e, s in zip(train_examples, scores) if e.id in kept_ids), 6),
+        "eval_items": len(held_out),
+        "hard_eval_items": len(hard),
+        **{f"{row['arm']}_{k}": v for row in table for k, v in row.items()
+           if k in ("hard_loss", "hard_pass1", "hard_reward") or (k == "epochs" and row["arm"] != "before")},
+        **{f"judge_hint_spearman/{c}": v for c, v in hint_agreement(train_examples, scores).items()},
+        **training_summary(history),
+    }
+    return summary, history
+
+
+def _judge_scores(path: Path, config: SFTConfig, judging: Llama4, tokenizer, train_examples: list[Example],
+                  held_out: list[Example]) -> tuple[list[float], list[float]]:
+    """The judge's scores of train and eval examples, computed once and kept beside the checkpoints."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+        try:
+            return [saved["train"][e.id] for e in train_examples], [saved["eval"][e.id] for e in held_out]
+        except KeyError:
+            log.warning("sft: %s does not score these examples; judging again", path)
+    scores = difficulty(config, judging, tokenizer, train_examples + held_out)
+    train_scores, eval_scores = scores[: len(train_examples)], scores[len(train_examples):]
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps({"judge": config.judge,
+                                   "train": {e.id: s for e, s in zip(train_examples, train_scores)},
+                                   "eval": {e.id: s for e, s in zip(held_out, eval_scores)}}))
+    os.replace(partial, path)
+    return train_scores, eval_scores

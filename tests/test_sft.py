@@ -1,0 +1,262 @@
+"""Lightweight SFT: the judge, pruning, packed rows with assistant-token weights, the report, and a whole run."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from conftest import herd, output_of
+
+from herd.model import ModelConfig
+from herd.stages.problems import ProblemsConfig
+from herd.stages.sft import SFTConfig
+from tasks.model.llama4 import Llama4
+from tasks.problems.item import CAPABILITIES, read_jsonl
+from tasks.sft.data import PAD, Example, PackedRows, pack, pad_id, render_examples
+from tasks.sft.evaluate import hard_set, train_arm
+from tasks.sft.judge import answer_losses, difficulty, drop_count, pass_at_k, prune
+from tasks.sft.report import logged_examples, pruning_plot, pruning_rows
+
+PROBLEMS = ProblemsConfig(count_arithmetic=60, count_strings=60, count_code=10, count_translate=30,
+                          count_language_id=40, count_continue=40, heldout_fraction=0.3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run several times faster on one thread than on a few a busy machine shares."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(udhr_subset, tmp_path_factory) -> Path:
+    """The tokenizer stage's output on the real UDHR subset: 1,024 BPE tokens plus Llama 4's specials."""
+    env = {"HERD_HOME": str(tmp_path_factory.mktemp("sft-home"))}
+    mix = output_of(herd("stage", "datamix", "--run", "sft", "--in", f"corpus={udhr_subset}", env=env))
+    return Path(output_of(herd("stage", "tokenizer", "--run", "sft", "--in", f"mix={mix}",
+                               "--set", "tokenizer.vocab_size=1024", env=env)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    from tasks.problems.chat import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def problems_dir(udhr_subset, tmp_path_factory) -> Path:
+    from tasks.problems.build import build_problem_sets
+
+    folder = tmp_path_factory.mktemp("sft-problems")
+    build_problem_sets(udhr_subset, folder, PROBLEMS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer, problems_dir) -> list[Example]:
+    rendered, _ = render_examples(tokenizer, read_jsonl(problems_dir / "train.jsonl"), seed=0, max_tokens=193)
+    return rendered
+
+
+def tiny_model(vocab_size: int, seed: int) -> Llama4:
+    config = ModelConfig(vocab_size=vocab_size, dim=64, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=32,
+                         ffn_dim=128, dense_ffn_dim=256, n_experts=2, nope_every=2, chunk_size=64, floor_scale=256)
+    model = Llama4(config)
+    model.init_weights(std=0.02, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+
+
+# Pruning.
+
+def test_pruning_drops_exactly_the_easiest_share_and_breaks_ties_by_id():
+    items = [Item(f"item-{i:02d}") for i in range(20)]
+    scores = [float(i // 4) for i in range(20)]  # five levels of four tied items
+    kept, dropped = prune(items, scores, 0.5)
+    assert len(dropped) == 10 and len(kept) == 10
+    assert {x.id for x in dropped} == {f"item-{i:02d}" for i in range(10)}  # levels 0, 1 and half of 2, by id
+    shuffled = list(zip(items, scores))
+    random.Random(3).shuffle(shuffled)
+    kept_again, dropped_again = prune([x for x, _ in shuffled], [s for _, s in shuffled], 0.5)
+    assert {x.id for x in dropped_again} == {x.id for x in dropped}
+    assert kept_again == [x for x, _ in shuffled if x in set(kept)]  # the items' own order is kept
+    # Behemoth's 95%: 19 of 20, the hardest stays; a share that would take all keeps one.
+    _, dropped = prune(items, scores, 0.95)
+    assert len(dropped) == 19 and "item-19" not in {x.id for x in dropped}
+    assert [drop_count(n, f) for n, f in ((10, 0.5), (11, 0.5), (20, 0.95), (10, 0.95), (7, 0.0), (0, 0.5))] \
+        == [5, 6, 19, 9, 0, 0]
+    with pytest.raises(ValueError):
+        prune(items, scores[:-1], 0.5)
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    for n, c, k in itertools.product(range(1, 7), range(0, 7), range(1, 4)):
+        if c > n or k > n:
+            continue
+        exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(exact)
+
+
+def test_config_sets_the_share_per_variant_and_refuses_inconsistent_fields():
+    config = SFTConfig()
+    assert config.drop_fraction("scout") == config.drop_fraction("maverick") == 0.5
+    assert config.drop_fraction("behemoth") == 0.95
+    with pytest.raises(ValidationError):
+        SFTConfig(passk_samples=2, passk_k=4)
+    with pytest.raises(ValidationError):
+        SFTConfig(buckets=2, hard_buckets=3)
+    with pytest.raises(ValidationError):
+        SFTConfig(drop_easy_fraction=1.0)
+    with pytest.raises(ValidationError):
+        SFTConfig(judge="vibes")
+
+
+# Rows and weights on real token ids.
+
+def test_only_assistant_tokens_weigh_prompts_and_padding_do_not(tokenizer, examples):
+    pad = pad_id(tokenizer)
+    assert pad == tokenizer.pad_token_id and tokenizer.convert_ids_to_tokens(pad) == PAD
+    chosen = examples[:40]
+    tokens, weights = pack(chosen, 192, pad)
+    assert tokens.shape[1] == 193 and weights.shape == (tokens.shape[0], 192)
+    targets = tokens[:, 1:]
+    assert (weights[targets == pad] == 0).all() and (tokens[:, -1] == pad).any()
+    # Row by row, the weighted targets read back as the answers and their <|eot|>, nothing of the prompts.
+    weighted = "".join(tokenizer.decode(row[w == 1].tolist()) for row, w in zip(targets, weights))
+    assert weighted == "".join(e.problem.answer.strip() + "<|eot|>" for e in chosen)
+    assert weights.sum() == sum(sum(e.mask) for e in chosen)
+    header = tokenizer.convert_tokens_to_ids("<|header_start|>")
+    assert (weights[targets == header] == 0).all()
+    assert (targets[weights == 1] != pad).all()
+
+
+def test_the_batch_of_a_step_is_a_function_of_the_seed_and_step(tokenizer, examples):
+    pad = pad_id(tokenizer)
+    rows = PackedRows(examples, 192, 4, seed=7, pad=pad)
+    again = PackedRows(list(reversed(examples)), 192, 4, seed=7, pad=pad)
+    per_epoch = -(-rows.rows // 4)
+    for step in (0, 1, per_epoch - 1, per_epoch, 3 * per_epoch + 1):  # across epoch boundaries
+        first, second = rows.batch(step), again.batch(step)
+        assert torch.equal(first.tokens, second.tokens) and torch.equal(first.weights, second.weights)
+    assert not torch.equal(rows.batch(0).tokens, rows.batch(1).tokens)
+    assert not torch.equal(rows.batch(0).tokens, PackedRows(examples, 192, 4, seed=8, pad=pad).batch(0).tokens)
+    # One epoch visits every row once.
+    one = PackedRows(examples, 192, 1, seed=7, pad=pad)
+    seen = torch.cat([one.batch(s).tokens for s in range(one.rows)])
+    assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, one.tokens.tolist()))
+
+
+# The judge.
+
+def test_the_judge_finds_an_example_it_was_trained_on_easier(tokenizer, examples, tmp_path):
+    short = [e for e in examples if e.capability in ("arithmetic", "strings") and len(e.input_ids) < 64]
+    trained, unseen = short[0], short[1:9]
+    model = tiny_model(len(tokenizer), seed=0)
+    config = SFTConfig(seq_len=64, batch_size=1, steps=30, lr=1e-2, warmup_steps=0, checkpoint_every=1000,
+                       log_every=1000, judge="teacher_passk", passk_samples=2, passk_k=1, sample_temperature=0.01,
+                       max_new_tokens=12)
+    train_arm(model, [trained], tokenizer, config, tmp_path, lambda step, metrics: None)
+    model.eval()
+    candidates = [trained, *unseen]
+    losses = answer_losses(model, candidates, batch_size=4)
+    assert losses[0] < min(losses[1:])
+    kept, dropped = prune(candidates, losses, 0.5)
+    assert trained in dropped and len(kept) == 4
+    # pass@k by sampling and the checker: the memorised answer passes, unseen answers do not.
+    passk = difficulty(config, model, tokenizer, candidates)
+    assert passk[0] == 0.0 and min(passk[1:]) == 1.0
+
+
+# The report.
+
+def test_report_counts_add_up_per_bucket_and_capability(examples):
+    scores = [random.Random(e.id).random() for e in examples]
+    scores[:10] = [0.5] * 10  # ties
+    kept, dropped = prune(examples, scores, 0.5)
+    kept_ids = {e.id for e in kept}
+    rows = pruning_rows(examples, scores, kept_ids, buckets=4)
+    assert sum(r["kept"] for r in rows) == len(kept) and sum(r["dropped"] for r in rows) == len(dropped)
+    for row in rows:
+        assert row["kept"] + row["dropped"] == row["total"]
+    sizes = [sum(r["total"] for r in rows if r["bucket"] == b) for b in range(4)]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(examples)  # quantile buckets
+    for capability in {e.capability for e in examples}:
+        assert sum(r["total"] for r in rows if r["capability"] == capability) == \
+            sum(e.capability == capability for e in examples)
+    # Half dropped out of four buckets: the two easiest go, the two hardest stay.
+    assert all(r["dropped"] == r["total"] for r in rows if r["bucket"] < 2)
+    assert all(r["kept"] == r["total"] for r in rows if r["bucket"] >= 2)
+    picks = logged_examples(examples, scores, kept_ids, buckets=4, per_bucket=2)
+    assert len(picks["bucket_0"]["dropped"]) == 2 and picks["bucket_0"]["kept"] == []
+    assert all(p["id"] in kept_ids for p in picks["bucket_3"]["kept"])
+    json.dumps(picks)
+    hard = hard_set(examples, scores, buckets=4, hard_buckets=1)
+    assert len(hard) == sizes[3] and min(scores[examples.index(e)] for e in hard) >= max(
+        s for e, s in zip(examples, scores) if e not in hard)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure()
+    pruning_plot(rows)(figure)
+    bars = sum(len(axes.patches) for axes in figure.axes)
+    plt.close(figure)
+    capabilities = {r["capability"] for r in rows}
+    assert bars == 2 * 4 * len(capabilities)
+
+
+# A whole run.
+
+def test_run_sft_prunes_trains_on_assistant_tokens_and_reports(tokenizer, tokenizer_dir, problems_dir, tmp_path):
+    from tasks.sft.run import SCORES, run_sft
+
+    vocab = len(tokenizer)
+    config = SFTConfig(seq_len=192, batch_size=4, steps=8, lr=3e-3, warmup_steps=1, log_every=4,
+                       checkpoint_every=4, eval_max_items=12, max_new_tokens=4, compare_unpruned=True)
+    metrics, plots = [], []
+    student = tiny_model(vocab, seed=0)
+    summary, history = run_sft(student, tiny_model(vocab, seed=1), problems_dir, tokenizer_dir, config, 0.5,
+                               tmp_path, lambda step, m: metrics.append((step, m)),
+                               lambda name, draw: plots.append(name))
+    assert summary["kept"] + summary["dropped"] == summary["train_examples"]
+    assert summary["dropped"] == math.ceil(summary["train_examples"] / 2)
+    assert summary["pruned_hard_loss"] < summary["before_hard_loss"]
+    assert history.losses[-1] < history.losses[0]
+    assert {s for s, m in metrics if "loss" in m} == {4, 8} and {s for s, m in metrics if "unpruned/loss" in m} == {4, 8}
+    assert plots == ["sft_pruning.png"]
+
+    table = list(csv.DictReader((tmp_path / "reports" / "sft_hard_eval.csv").open()))
+    assert [r["arm"] for r in table] == ["before", "pruned", "unpruned"]
+    pruned, unpruned = table[1], table[2]
+    assert pruned["tokens"] == unpruned["tokens"] == str(8 * 4 * 192)  # equal compute
+    assert int(pruned["examples"]) == summary["kept"] and int(unpruned["examples"]) == summary["train_examples"]
+    counts = list(csv.DictReader((tmp_path / "reports" / "sft_pruning.csv").open()))
+    assert sum(int(r["kept"]) for r in counts) == summary["kept"]
+    assert {r["capability"] for r in counts} <= set(CAPABILITIES)
+    assert json.loads((tmp_path / "reports" / "sft_examples.json").read_text())["bucket_0"]["dropped"]
+
+    # Run again in the same folder: the saved scores and the final checkpoints stand, nothing retrains.
+    saved = (tmp_path / SCORES).read_text()
+    again, history = run_sft(tiny_model(vocab, seed=0), None if config.judge == "student_loss" else tiny_model(vocab, 5),
+                             problems_dir, tokenizer_dir, config, 0.5, tmp_path, lambda step, m: None,
+                             lambda name, draw: None)
+    assert history.steps == [] and (tmp_path / SCORES).read_text() == saved
+    assert again["kept"] == summary["kept"] and again["pruned_hard_loss"] == summary["pruned_hard_loss"]
