@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import random
@@ -23,8 +22,9 @@ from tasks.model.llama4 import Llama4
 from tasks.problems.item import CAPABILITIES, read_jsonl
 from tasks.sft.data import PAD, Example, PackedRows, pack, pad_id, render_examples
 from tasks.sft.evaluate import hard_set, train_arm
-from tasks.sft.judge import answer_losses, difficulty, drop_count, pass_at_k, prune
+from tasks.sft.judge import answer_losses, difficulty, drop_count, prune
 from tasks.sft.report import logged_examples, pruning_plot, pruning_rows
+from tasks.sft.sampling import generate
 
 PROBLEMS = ProblemsConfig(count_arithmetic=60, count_strings=60, count_code=10, count_translate=30,
                           count_language_id=40, count_continue=40, heldout_fraction=0.3)
@@ -105,14 +105,6 @@ def test_pruning_drops_exactly_the_easiest_share_and_breaks_ties_by_id():
         prune(items, scores[:-1], 0.5)
 
 
-def test_pass_at_k_is_the_unbiased_estimator():
-    for n, c, k in itertools.product(range(1, 7), range(0, 7), range(1, 4)):
-        if c > n or k > n:
-            continue
-        exact = 1 - math.comb(n - c, k) / math.comb(n, k)
-        assert pass_at_k(n, c, k) == pytest.approx(exact)
-
-
 def test_config_sets_the_share_per_variant_and_refuses_inconsistent_fields():
     config = SFTConfig()
     assert config.drop_fraction("scout") == config.drop_fraction("maverick") == 0.5
@@ -163,6 +155,23 @@ def test_the_batch_of_a_step_is_a_function_of_the_seed_and_step(tokenizer, examp
 
 
 # The judge.
+
+def test_greedy_answers_are_the_argmax_of_the_full_forward(tokenizer, examples):
+    model = tiny_model(len(tokenizer), seed=2).eval()
+    eot = tokenizer.convert_tokens_to_ids("<|eot|>")
+    chosen = [examples[0], examples[0], *[e for e in examples if len(e.prompt_ids) > 64][:2]]  # past a chunk
+    prompts = [list(e.prompt_ids) for e in chosen]
+    got = generate(model, prompts, 6, eot)
+    with torch.no_grad():
+        for prompt, ids in zip(prompts, got):
+            sequence, expected = list(prompt), []
+            while len(expected) < 6 and eot not in expected:
+                expected.append(int(model(torch.tensor([sequence])).logits[0, -1].argmax()))
+                sequence.append(expected[-1])
+            assert ids == expected
+    sampled = generate(model, prompts, 6, eot, temperature=1.0, seed=4)
+    assert sampled == generate(model, prompts, 6, eot, temperature=1.0, seed=4) != got
+
 
 def test_the_judge_finds_an_example_it_was_trained_on_easier(tokenizer, examples, tmp_path):
     short = [e for e in examples if e.capability in ("arithmetic", "strings") and len(e.input_ids) < 64]

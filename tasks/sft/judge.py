@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from herd.stages.sft import SFTConfig
 from tasks.model.llama4 import Llama4
 from tasks.problems.checkers import score_all
+from tasks.rl.passk import pass_at_k
 from tasks.sft.data import Example
 from tasks.sft.sampling import generate, placed
 
@@ -64,13 +65,6 @@ def answer_losses(model: Llama4, examples: Sequence[Example], batch_size: int = 
     return losses
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``c`` passing of ``n`` samples: ``1 - C(n-c, k) / C(n, k)``, computed stably."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
 def sample_rewards(model: Llama4, tokenizer, examples: Sequence[Example], samples: int, temperature: float,
                    max_new_tokens: int, seed: int) -> list[list[float]]:
     """``samples`` checker rewards per example for answers the model samples after its prompt.
@@ -80,7 +74,7 @@ def sample_rewards(model: Llama4, tokenizer, examples: Sequence[Example], sample
     """
     eot = tokenizer.convert_tokens_to_ids("<|eot|>")
     prompts = [list(e.prompt_ids) for e in examples]
-    completions = generate(model, [p for p in prompts for _ in range(samples)], max_new_tokens, {eot},
+    completions = generate(model, [p for p in prompts for _ in range(samples)], max_new_tokens, eot,
                            temperature=temperature, seed=seed)
     texts = [tokenizer.decode(ids, skip_special_tokens=False) for ids in completions]
     rewards = score_all([e.problem for e in examples for _ in range(samples)], texts)
