@@ -35,7 +35,7 @@ class RLConfig(TrainingConfig):
     rounds: int = Field(40, ge=1, description="Rollout batches consumed; one policy version each.")
     updates_per_round: int = Field(1, ge=1, description="Optimizer steps on one round's rollouts (GRPO's mu).")
     group_size: int = Field(8, ge=2, description="Completions sampled per prompt (GRPO's G); also pass@k's n.")
-    k: int = Field(4, ge=1, description="k of pass@k, estimated from the group's n = group_size samples.")
+    k: int = Field(2, ge=1, description="k of pass@k, estimated from the group's n = group_size samples.")
     prompts_per_round: int = Field(8, ge=1, description="Groups trained on per round (uniform: prompts sampled).")
     pool_size: int = Field(32, ge=1, description="Active prompts of the passk curriculum, re-scored every rescore_every rounds.")
     max_new_tokens: int = Field(48, ge=1)
@@ -46,7 +46,9 @@ class RLConfig(TrainingConfig):
     kl_coef: float = Field(0.0, ge=0, description="Weight of the k3 KL to the reference in the loss; 0 only reports it.")
     curriculum: Literal["passk", "uniform"] = "passk"
     pass_threshold: float = Field(1.0, gt=0, le=1, description="A completion passes (for pass@k) at this reward or more.")
-    easy_threshold: float = Field(0.9, gt=0, le=1, description="Prompts with pass@k at or above this are solved and dropped.")
+    easy_threshold: float = Field(
+        0.9, gt=0, le=1, description="Prompts with pass@k at or above this are solved and dropped (n=8, k=2: 6 of 8 pass)."
+    )
     retire_after: int = Field(
         3, ge=0, description="Rounds in a row a prompt's group has zero advantage before it yields its pool slot "
                              "(it goes back to the end of the reservoir); 0: never."

@@ -14,6 +14,9 @@ selects (zero-advantage groups never), publish the new weights, log, checkpoint.
 ``reference=None`` freezes a copy of the policy as given (before any resume) as the KL
 reference; its KL is reported every round and enters the loss with ``kl_coef`` > 0.
 
+At the end, ``pool.json`` lists the prompts left in the pool, hardest first
+(:func:`hard_prompt_ids`: the DPO stage's prompt set).
+
 Resuming restores weights, AdamW moments and the schedule (``tasks.pretrain.checkpoint``),
 and the round, the rollouts spent and the pool from ``rl-state/round-N.json``, written
 before the checkpoint so a checkpoint never lacks it. Rounds in flight at the interruption
@@ -48,6 +51,7 @@ from tasks.runtime import storage
 log = logging.getLogger(__name__)
 
 STATE = "rl-state"
+POOL = "pool.json"
 
 
 def _state_name(round_: int) -> str:
@@ -76,13 +80,18 @@ def load_state(workdir: Path, round_: int, remote: str | None) -> dict:
     raise FileNotFoundError(f"checkpoint of round {round_} has no {local}")
 
 
-def final_pool(workdir: Path) -> list[str]:
-    """The ids left in the pool at the newest checkpoint: the policy's medium-to-hard prompts (DPO's prompt set)."""
-    found = checkpoint.latest(workdir)
-    if found is None:
-        return []
-    state = json.loads(found.joinpath("state.json").read_text())
-    return load_state(workdir, int(state["step"]), None)["pool"]["active"]
+def write_pool(workdir: Path, pool: PromptPool) -> Path:
+    """``pool.json``: the prompts left in the pool (medium-to-hard for the final policy), the solved ones, their stats."""
+    path = workdir / POOL
+    state = pool.state_dict()
+    active = sorted(state["active"], key=lambda i: state["stats"].get(i, {}).get("pass@1", 0.0))
+    path.write_text(json.dumps({"active": active, "solved": state["solved"], "stats": state["stats"]}, indent=1))
+    return path
+
+
+def hard_prompt_ids(rl_output: Path) -> list[str]:
+    """The ids an RL run left in its pool, hardest first: DPO's small hard prompt set."""
+    return json.loads((Path(rl_output) / POOL).read_text())["active"]
 
 
 def _round_metrics(batch: RolloutBatch, signal: torch.Tensor, config: RLConfig) -> dict[str, float]:
@@ -164,6 +173,7 @@ def run_rl(policy: Llama4, reference: Llama4 | None, problems: Sequence[Problem]
     finally:
         rollouts.close()
         policy.to("cpu")
+    write_pool(workdir, pool)
     return {
         "rounds": float(totals["rounds"]), "updates": float(totals["updates"]), "rollouts": float(totals["rollouts"]),
         "dropped_easy": float(pool.totals["dropped_easy"]), "retired": float(pool.totals["retired"]),
