@@ -10,7 +10,8 @@ from herd.stages.training import TrainingConfig
 
 class MidtrainConfig(TrainingConfig):
     seq_len: int = Field(1024, ge=8, description="The long context: at least 4x pretraining's for nano.")
-    steps: int = Field(120, ge=1)
+    batch_size: int = Field(2, ge=1, description="Sequences per step over all ranks.")
+    steps: int = Field(60, ge=1)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(10, ge=0)
     checkpoint_every: int = operational(40, "Steps between checkpoints; resuming reproduces the same weights.")

@@ -142,8 +142,33 @@ class Experts(nn.Module):
         self.gate_up = nn.Parameter(torch.empty(n_experts, dim, 2 * hidden))  # [gate | up]
         self.down = nn.Parameter(torch.empty(n_experts, hidden, dim))
 
+    # Below this many routed rows per expert, one padded batched matmul over all experts
+    # beats a loop of small matmuls (measured: bench/model_throughput.py, 16 experts, seq 256).
+    PADDED_ROWS_PER_EXPERT = 256
+
     def forward(self, routed_in_AD: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
         """``routed_in_AD`` is sorted by expert; expert e gets the next ``tokens_per_expert[e]`` rows."""
+        n_experts = len(tokens_per_expert)
+        if routed_in_AD.shape[0] <= self.PADDED_ROWS_PER_EXPERT * n_experts:
+            return self._padded(routed_in_AD, tokens_per_expert)
+        return self._looped(routed_in_AD, tokens_per_expert)
+
+    def _padded(self, routed_in_AD: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
+        """Rows scattered into an (E, C, D) block, C the busiest expert's count; two bmm; gathered back.
+
+        Padding rows are zero and get zero gradient, so the result equals the loop's.
+        """
+        counts_E = torch.tensor(tokens_per_expert, device=routed_in_AD.device)
+        capacity = max(tokens_per_expert)
+        expert_A = torch.repeat_interleave(torch.arange(len(tokens_per_expert), device=counts_E.device), counts_E)
+        slot_A = torch.arange(routed_in_AD.shape[0], device=counts_E.device) - (counts_E.cumsum(0) - counts_E)[expert_A]
+        padded_ECD = routed_in_AD.new_zeros(len(tokens_per_expert), capacity, routed_in_AD.shape[-1])
+        padded_ECD = padded_ECD.index_put((expert_A, slot_A), routed_in_AD)
+        gate_ECF, up_ECF = torch.bmm(padded_ECD, self.gate_up).chunk(2, dim=-1)
+        out_ECD = torch.bmm(F.silu(gate_ECF) * up_ECF, self.down)
+        return out_ECD[expert_A, slot_A]
+
+    def _looped(self, routed_in_AD: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
         # unbind once: indexing the stacked parameter per expert would make backward build
         # one full-size gradient per expert and sum them, E times the memory traffic.
         gate_up_EDF2, down_EFD = self.gate_up.unbind(0), self.down.unbind(0)
