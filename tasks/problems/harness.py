@@ -135,4 +135,5 @@ def main():
     os._exit(0)
 
 
-main()
+if __name__ == "__main__":  # as ``python -c``; importing this module runs nothing
+    main()
