@@ -14,7 +14,6 @@ import torch
 from pydantic import ValidationError
 
 from conftest import herd, output_of
-
 from herd.model import ModelConfig
 from herd.stages.problems import ProblemsConfig
 from herd.stages.sft import SFTConfig

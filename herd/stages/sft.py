@@ -51,7 +51,7 @@ class SFTConfig(TrainingConfig):
     examples_to_log: int = operational(3, "Kept and dropped examples per bucket logged to MLflow.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SFTConfig":
+    def _consistent(self) -> SFTConfig:
         if self.passk_k > self.passk_samples:
             raise ValueError(f"passk_k ({self.passk_k}) exceeds passk_samples ({self.passk_samples})")
         if self.hard_buckets > self.buckets:

@@ -15,8 +15,8 @@ the checker passes (reward at least ``pass_reward``); ``reward`` the mean checke
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from herd.stages.sft import SFTConfig
 from tasks.model.llama4 import Llama4

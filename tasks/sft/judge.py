@@ -17,7 +17,8 @@ Llama 4 used Llama models as judges to tag SFT data "easy" and removed more than
 from __future__ import annotations
 
 import math
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F

@@ -10,7 +10,7 @@ equal numbers of examples even where scores tie; ties go by id, as in pruning.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from tasks.problems.item import CAPABILITIES
 from tasks.sft.data import Example

@@ -24,8 +24,9 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from herd.stages.sft import SFTConfig
 from tasks.model.llama4 import Llama4
@@ -54,17 +55,8 @@ def run_sft(student: Llama4, judge: Llama4 | None, problems_dir: Path, tokenizer
     ``judge`` is the teacher (unused, may be None, for ``student_loss``). ``log_artifact(path,
     folder)`` receives each report file; ``mult`` keeps pretraining's µP learning-rate ratios.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    judging = student if config.judge == "student_loss" else judge
-    if judging is None:
-        raise ValueError(f"judge {config.judge!r} needs the teacher model")
-    train_examples, too_long = render_examples(tokenizer, read_jsonl(problems_dir / "train.jsonl"), config.seed,
-                                               config.seq_len + 1)
-    held_out, _ = render_examples(tokenizer, read_jsonl(problems_dir / "eval.jsonl")[: config.eval_max_items],
-                                  config.seed, config.seq_len + 1)
-    scores, eval_scores = _judge_scores(workdir / SCORES, config, judging, tokenizer, train_examples, held_out)
-
+    data = judged_data(student, judge, problems_dir, tokenizer_dir, config, workdir)
+    tokenizer, train_examples, scores = data.tokenizer, data.train, data.scores
     kept, dropped = prune(train_examples, scores, drop_fraction)
     kept_ids = {e.id for e in kept}
     rows = pruning_rows(train_examples, scores, kept_ids, config.buckets)
@@ -76,9 +68,9 @@ def run_sft(student: Llama4, judge: Llama4 | None, problems_dir: Path, tokenizer
     files.append(examples_json)
     log_plot("sft_pruning.png", pruning_plot(rows))
     log.info("sft: judge %s kept %d of %d examples (%d dropped, %d too long for %d tokens)", config.judge,
-             len(kept), len(train_examples), len(dropped), too_long, config.seq_len)
+             len(kept), len(train_examples), len(dropped), data.too_long, config.seq_len)
 
-    hard = hard_set(held_out, eval_scores, config.buckets, config.hard_buckets)
+    hard = data.hard
     init = copy.deepcopy(student.state_dict()) if config.compare_unpruned else None
     before = evaluate(student, tokenizer, hard, config)
     history, packed = train_arm(student, kept, tokenizer, config, workdir, on_metrics, remote, mult, label="sft")
@@ -104,9 +96,9 @@ def run_sft(student: Llama4, judge: Llama4 | None, problems_dir: Path, tokenizer
         "train_examples": len(train_examples),
         "kept": len(kept),
         "dropped": len(dropped),
-        "too_long": too_long,
+        "too_long": data.too_long,
         "kept_score_min": round(min(s for e, s in zip(train_examples, scores) if e.id in kept_ids), 6),
-        "eval_items": len(held_out),
+        "eval_items": len(data.held_out),
         "hard_eval_items": len(hard),
         **{f"{row['arm']}_{k}": v for row in table for k, v in row.items()
            if k in ("hard_loss", "hard_pass1", "hard_reward") or (k == "epochs" and row["arm"] != "before")},
@@ -114,6 +106,39 @@ def run_sft(student: Llama4, judge: Llama4 | None, problems_dir: Path, tokenizer
         **training_summary(history),
     }
     return summary, history
+
+
+@dataclass(frozen=True)
+class JudgedData:
+    """The rendered train and held-out examples, the judge's scores of both, and the hard eval set."""
+
+    tokenizer: object
+    train: list[Example]
+    scores: list[float]
+    held_out: list[Example]
+    held_out_scores: list[float]
+    hard: list[Example]
+    too_long: int  # train problems longer than a row, skipped
+
+
+def judged_data(student: Llama4, judge: Llama4 | None, problems_dir: Path, tokenizer_dir: Path, config: SFTConfig,
+                workdir: Path) -> JudgedData:
+    """Render ``train.jsonl`` and the first ``eval_max_items`` of ``eval.jsonl``, and judge them (once per ``workdir``).
+
+    The judge is ``student`` for ``student_loss``, else ``judge`` (the teacher).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    judging = student if config.judge == "student_loss" else judge
+    if judging is None:
+        raise ValueError(f"judge {config.judge!r} needs the teacher model")
+    train, too_long = render_examples(tokenizer, read_jsonl(problems_dir / "train.jsonl"), config.seed,
+                                      config.seq_len + 1)
+    held_out, _ = render_examples(tokenizer, read_jsonl(problems_dir / "eval.jsonl")[: config.eval_max_items],
+                                  config.seed, config.seq_len + 1)
+    scores, held_out_scores = _judge_scores(workdir / SCORES, config, judging, tokenizer, train, held_out)
+    hard = hard_set(held_out, held_out_scores, config.buckets, config.hard_buckets)
+    return JudgedData(tokenizer, train, scores, held_out, held_out_scores, hard, too_long)
 
 
 def _judge_scores(path: Path, config: SFTConfig, judging: Llama4, tokenizer, train_examples: list[Example],
