@@ -238,8 +238,8 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 
 # The loop, end to end
 
-RL = dict(group_size=4, k=2, pool_size=6, prompts_per_round=3, max_new_tokens=10, seq_len=192, lr=3e-3,
-          warmup_steps=0, batch_size=16)
+RL = {"group_size": 4, "k": 2, "pool_size": 6, "prompts_per_round": 3, "max_new_tokens": 10, "seq_len": 192,
+      "lr": 3e-3, "warmup_steps": 0, "batch_size": 16}
 
 
 class Interrupt(Exception):
@@ -295,7 +295,7 @@ def test_a_separate_rollout_process_gives_the_same_training_as_one_process(rende
         config = RLConfig(rounds=2, queue_depth=2, rollout_workers=workers, **RL)
         policy = tiny_model(len(renderer.tokenizer))
         logged: dict[int, dict] = {}
-        run_rl(policy, None, problems, renderer, config, lambda r, m: logged.setdefault(r, m), tmp_path / f"w{workers}")
+        run_rl(policy, None, problems, renderer, config, logged.setdefault, tmp_path / f"w{workers}")
         results[workers] = (policy.state_dict(), logged)
     (one, one_log), (two, two_log) = results[0], results[1]
     assert one_log[1]["groups_trained"] and two_log[2]["lag"] == 1  # round 2 was sampled while round 1 trained

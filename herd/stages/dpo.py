@@ -40,7 +40,8 @@ class DPOConfig(TrainingConfig):
             raise ValueError(f"pairs_per_prompt ({self.pairs_per_prompt}) needs at least twice as many "
                              f"samples_per_prompt ({self.samples_per_prompt})")
         if self.max_new_tokens >= self.seq_len:
-            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len ({self.seq_len})")
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt "
+                             f"in seq_len ({self.seq_len})")
         if self.engine != "plain":
             raise ValueError("dpo runs on the plain engine (one process); engine=deepspeed is not supported")
         return self

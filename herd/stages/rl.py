@@ -37,17 +37,17 @@ class RLConfig(TrainingConfig):
     group_size: int = Field(8, ge=2, description="Completions sampled per prompt (GRPO's G); also pass@k's n.")
     k: int = Field(2, ge=1, description="k of pass@k, estimated from the group's n = group_size samples.")
     prompts_per_round: int = Field(8, ge=1, description="Groups trained on per round (uniform: prompts sampled).")
-    pool_size: int = Field(32, ge=1, description="Active prompts of the passk curriculum, re-scored every rescore_every rounds.")
+    pool_size: int = Field(32, ge=1, description="Active prompts of the passk curriculum, re-scored every round.")
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs are of logits / temperature.")
     top_p: float = Field(1.0, gt=0, le=1)
     clip_epsilon: float = Field(0.2, gt=0, lt=1)
-    clip_epsilon_high: float | None = Field(None, gt=0, description="Upper clip (DAPO's clip-higher); None: clip_epsilon.")
-    kl_coef: float = Field(0.0, ge=0, description="Weight of the k3 KL to the reference in the loss; 0 only reports it.")
+    clip_epsilon_high: float | None = Field(None, gt=0, description="Upper clip (DAPO's clip-higher); None: same.")
+    kl_coef: float = Field(0.0, ge=0, description="Weight of the k3 KL to the reference in the loss; 0: reported only.")
     curriculum: Literal["passk", "uniform"] = "passk"
-    pass_threshold: float = Field(1.0, gt=0, le=1, description="A completion passes (for pass@k) at this reward or more.")
+    pass_threshold: float = Field(1.0, gt=0, le=1, description="A completion passes (pass@k) at this reward or more.")
     easy_threshold: float = Field(
-        0.9, gt=0, le=1, description="Prompts with pass@k at or above this are solved and dropped (n=8, k=2: 6 of 8 pass)."
+        0.9, gt=0, le=1, description="Prompts with pass@k at or above this are solved and dropped (n=8, k=2: 6 of 8)."
     )
     retire_after: int = Field(
         3, ge=0, description="Rounds in a row a prompt's group has zero advantage before it yields its pool slot "
@@ -59,7 +59,7 @@ class RLConfig(TrainingConfig):
         2, ge=1, description="Rollout batches in flight: 1 samples each round with the newest weights; 2 samples the "
                              "next round while this one trains (one version behind)."
     )
-    max_lag: int = Field(1, ge=0, description="Rollouts more policy versions old than this are dropped, not trained on.")
+    max_lag: int = Field(1, ge=0, description="Rollouts more policy versions old than this are dropped untrained.")
     rollout_workers: Literal[0, 1] = operational(
         0, "0: rollouts sampled in the training process; 1: in a separate process fed through queues."
     )
@@ -73,7 +73,8 @@ class RLConfig(TrainingConfig):
         if self.k > self.group_size:
             raise ValueError(f"k ({self.k}) cannot exceed group_size ({self.group_size}): pass@k needs n >= k samples")
         if self.max_new_tokens >= self.seq_len:
-            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt in seq_len ({self.seq_len})")
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) leaves no room for a prompt "
+                             f"in seq_len ({self.seq_len})")
         if self.engine != "plain":
             raise ValueError("rl runs on the plain engine (one trainer process); engine=deepspeed is not supported")
         return self

@@ -79,7 +79,8 @@ def pair_logprobs(model: Llama4, pairs: Sequence[Pair], pad_id: int) -> tuple[to
 
 
 @torch.no_grad()
-def _logprobs_of_all(model: Llama4, pairs: Sequence[Pair], pad_id: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _logprobs_of_all(model: Llama4, pairs: Sequence[Pair], pad_id: int,
+                     batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch):
         c, r, _ = pair_logprobs(model, pairs[start : start + batch], pad_id)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -74,11 +75,11 @@ def curriculum_vs_uniform(model_folder: Path, tokenizer_dir: Path, problems_dir:
         for arm, arm_config in arms.items():
             arm_config = arm_config.model_copy(update={"seed": seed})
             policy = load_model(Path(model_folder))
-            report = (lambda r, m, arm=arm, seed=seed: on_metrics(arm, seed, r, m)) if on_metrics else (lambda r, m: None)
+            report = partial(on_metrics, arm, seed) if on_metrics else (lambda round_, metrics: None)
             summary = run_rl(policy, None, train, renderer, arm_config, report, Path(workdir) / f"{arm}-seed{seed}")
+            scores = {f"eval_{key}": value for key, value in evaluated(policy, seed).items()}
             runs.append({"arm": arm, "seed": seed, "rollouts": summary["rollouts"], "rounds": summary["rounds"],
-                         "updates": summary["updates"], **{f"eval_{key}": value
-                                                          for key, value in evaluated(policy, seed).items()}})
+                         "updates": summary["updates"], **scores})
     metrics = ("reward", "pass@1", f"pass@{k}")
     by_arm = {arm: [r for r in runs if r["arm"] == arm] for arm in ARMS}
     result = {

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4, Output

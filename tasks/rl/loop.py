@@ -41,7 +41,7 @@ from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4
 from tasks.pretrain import checkpoint
 from tasks.pretrain.train import device_and_dtype
-from tasks.problems.item import Problem
+from tasks.problems.item import SYSTEM_PROMPTS, Problem
 from tasks.rl.grpo import GRPOTrainer, group_advantages
 from tasks.rl.passk import PromptPool, pass_at_k
 from tasks.rl.queue import RolloutBatch, make_rollouts
@@ -81,7 +81,7 @@ def load_state(workdir: Path, round_: int, remote: str | None) -> dict:
 
 
 def write_pool(workdir: Path, pool: PromptPool) -> Path:
-    """``pool.json``: the prompts left in the pool (medium-to-hard for the final policy), the solved ones, their stats."""
+    """``pool.json``: the prompts left in the pool (medium-to-hard for the final policy), the solved ones, stats."""
     path = workdir / POOL
     state = pool.state_dict()
     active = sorted(state["active"], key=lambda i: state["stats"].get(i, {}).get("pass@1", 0.0))
@@ -92,6 +92,13 @@ def write_pool(workdir: Path, pool: PromptPool) -> Path:
 def hard_prompt_ids(rl_output: Path) -> list[str]:
     """The ids an RL run left in its pool, hardest first: DPO's small hard prompt set."""
     return json.loads((Path(rl_output) / POOL).read_text())["active"]
+
+
+def fitting(problems: Sequence[Problem], renderer: ChatRenderer, room: int) -> tuple[list[Problem], int]:
+    """The problems whose prompt fits in ``room`` tokens with any system prompt RL may give it, and how many did not."""
+    longest = max(SYSTEM_PROMPTS, key=len)
+    fits = [p for p in problems if len(renderer.prompt_ids(p, p.system or longest)) <= room]
+    return fits, len(problems) - len(fits)
 
 
 def _round_metrics(batch: RolloutBatch, signal: torch.Tensor, config: RLConfig) -> dict[str, float]:
@@ -116,8 +123,9 @@ def run_rl(policy: Llama4, reference: Llama4 | None, problems: Sequence[Problem]
            config: RLConfig, on_metrics: Callable[[int, dict], None], workdir: Path,
            remote: str | None = None) -> dict[str, float]:
     """Train ``policy`` in place for ``config.rounds`` rounds (or until ``rollout_budget``); returns a summary."""
+    problems, too_long = fitting(problems, renderer, config.seq_len - config.max_new_tokens)
     if not problems:
-        raise ValueError("run_rl needs problems to sample")
+        raise ValueError(f"run_rl needs problems to sample; all {too_long} prompts exceed seq_len - max_new_tokens")
     device, dtype = device_and_dtype(config)
     policy.to(device)
     reference = copy.deepcopy(policy) if reference is None else reference.to(device)
@@ -146,25 +154,27 @@ def run_rl(policy: Llama4, reference: Llama4 | None, problems: Sequence[Problem]
                    and not (config.rollout_budget and requested >= config.rollout_budget)):
                 wanted = pool.request(submitted)
                 rollouts.submit(submitted, wanted)
-                submitted, in_flight, requested = submitted + 1, in_flight + 1, requested + len(wanted) * config.group_size
+                submitted, in_flight = submitted + 1, in_flight + 1
+                requested += len(wanted) * config.group_size
             if in_flight == 0:
                 break
-            waited = time.monotonic()
+            asked = time.monotonic()
             batch = rollouts.get()
             in_flight -= 1
-            waited = time.monotonic() - waited
             metrics = _consume(batch, version, pool, trainer, config, totals)
             if metrics.pop("updated"):
                 version += 1
                 rollouts.publish(version, policy.state_dict())
-            metrics.update(version=version, wait_seconds=waited, rollouts=totals["rollouts"],
+            metrics.update(version=version, wait_seconds=time.monotonic() - asked, rollouts=totals["rollouts"],
                            seconds=time.monotonic() - clock)
             done = round_ + 1
-            if done % config.checkpoint_every == 0 or done == config.rounds or in_flight == 0:
+            spent = config.rollout_budget and requested >= config.rollout_budget
+            last_round = done == config.rounds or (spent and in_flight == 0)
+            if done % config.checkpoint_every == 0 or last_round:
                 save_state(workdir, done, {"pool": pool.state_dict(), "totals": dict(totals), "version": version},
                            remote)
                 checkpoint.save(workdir, done, policy, trainer.optimizer, trainer.scheduler, remote)
-            if done % config.log_every == 0 or done == config.rounds:
+            if done % config.log_every == 0 or last_round:
                 on_metrics(done, metrics)
             last = metrics
             log.info("rl round %d: reward %.3f, pass@1 %.3f, pool %d, trained %d groups", done,
@@ -174,14 +184,13 @@ def run_rl(policy: Llama4, reference: Llama4 | None, problems: Sequence[Problem]
         rollouts.close()
         policy.to("cpu")
     write_pool(workdir, pool)
-    return {
-        "rounds": float(totals["rounds"]), "updates": float(totals["updates"]), "rollouts": float(totals["rollouts"]),
-        "dropped_easy": float(pool.totals["dropped_easy"]), "retired": float(pool.totals["retired"]),
-        "zero_advantage_groups": float(totals["zero_advantage_groups"]), "stale_groups": float(totals["stale_groups"]),
-        "pool_size": float(pool.size), "rollouts_per_second": totals["rollouts"] / max(time.monotonic() - clock, 1e-9),
-        **{f"last_{key}": float(value) for key, value in last.items()
-           if key in ("reward", "pass@1", f"pass@{config.k}", "kl", "loss")},
-    }
+    counted = ("rounds", "updates", "rollouts", "zero_advantage_groups", "stale_groups")
+    summary = {key: float(totals[key]) for key in counted}
+    summary |= {key: float(value) for key, value in pool.totals.items()}
+    summary |= {"pool_size": float(pool.size), "too_long": float(too_long),
+                "rollouts_per_second": totals["rollouts"] / max(time.monotonic() - clock, 1e-9)}
+    kept = ("reward", "pass@1", f"pass@{config.k}", "kl", "loss")
+    return summary | {f"last_{key}": float(value) for key, value in last.items() if key in kept}
 
 
 def _consume(batch: RolloutBatch, version: int, pool: PromptPool, trainer: GRPOTrainer, config: RLConfig,

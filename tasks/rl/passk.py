@@ -142,7 +142,8 @@ class PromptPool:
         easy = self.config.easy_threshold
         candidates = [g for g, signal in zip(groups, keep)
                       if signal and self.stats.get(g.problem_id, {}).get("pass@k", 0.0) < easy]
-        return stratified(candidates, lambda g: g.capability, self.config.prompts_per_round, self._rng("select", round_))
+        return stratified(candidates, lambda g: g.capability, self.config.prompts_per_round,
+                          self._rng("select", round_))
 
     def state_dict(self) -> dict:
         return {"reservoir": self.reservoir, "active": self.active, "solved": self.solved, "stats": self.stats,
@@ -151,6 +152,7 @@ class PromptPool:
     def load_state_dict(self, state: dict) -> None:
         missing = set(state["active"]) - set(self.problems)
         if missing:
-            raise ValueError(f"the saved pool names {len(missing)} problems this run was not given, e.g. {min(missing)}")
+            raise ValueError(f"the saved pool names {len(missing)} problems this run was not given, "
+                             f"e.g. {min(missing)}")
         self.reservoir, self.active, self.solved = state["reservoir"], state["active"], state["solved"]
         self.stats, self.totals = state["stats"], state["totals"]

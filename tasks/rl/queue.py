@@ -145,13 +145,18 @@ class ProcessRollouts:
         groups = [Group.from_message(g) for g in message["groups"]]
         return RolloutBatch(message["round"], message["version"], groups, message["skipped_long"], message["seconds"])
 
-    def close(self) -> None:
-        if self.process.is_alive():
-            self.requests.put(None)
-            self.process.join(timeout=30)
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the worker: results still queued are drained, or its exit would wait on them."""
+        self.requests.put(None)
+        deadline = time.monotonic() + timeout_s
+        while self.process.is_alive() and time.monotonic() < deadline:
+            try:
+                self.results.get(timeout=0.5)
+            except queue_lib.Empty:
+                pass
         if self.process.is_alive():
             self.process.terminate()
-            self.process.join(timeout=10)
+        self.process.join(timeout=10)
         for path in self.scratch.glob("weights-v*.safetensors"):
             path.unlink(missing_ok=True)
 
