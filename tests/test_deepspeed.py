@@ -34,9 +34,8 @@ def tokens(udhr_subset, tmp_path_factory) -> str:
 
 
 def torchrun(home: Path, *args: str) -> list[str]:
-    # `--` ends torchrun's own options: its parser would take `--run` for its `--run-path`.
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-            "-m", "tasks.cli", "--", *args]
+    """Two ranks through `herd launch`, the code path every pod of a Kubernetes gang runs."""
+    return [sys.executable, "-m", "tasks.cli", "launch", "--nproc", "2", "--", *args]
 
 
 def descendants(pid: int) -> list[int]:

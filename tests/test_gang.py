@@ -144,7 +144,7 @@ def test_launcher_topology_from_an_indexed_job():
     assert (topo.nnodes, topo.node_rank, topo.nproc_per_node, topo.world_size) == (4, 3, 8, 32)
     argv = torchrun_arguments(topo, "tasks.cli", ["stage", "pretrain"])
     assert "--node-rank=3" in argv and "--master-addr=job-0.gang" in argv and "--rdzv-backend=static" in argv
-    assert argv[-4:] == ["-m", "tasks.cli", "stage", "pretrain"]
+    assert argv[-5:] == ["-m", "tasks.cli", "--", "stage", "pretrain"]
     with pytest.raises(ValueError, match="MASTER_PORT"):
         topology(args, {"HERD_NNODES": "2"})
     with pytest.raises(ValueError, match="node rank 2 of 2"):

@@ -95,7 +95,8 @@ def torchrun_arguments(topo: Topology, module: str, command: list[str]) -> list[
         f"--master-port={topo.master_port}",
         "--max-restarts=0",
         "--monitor-interval=1",
-        "-m", module, *command,
+        # `--` ends torchrun's own options: its parser would read the command's `--run` as its `--run-path`.
+        "-m", module, "--", *command,
     ]
 
 
