@@ -16,10 +16,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from herd.config import ConfigError, StageConfig, apply_overrides, deep_merge, explain_validation_error
 from herd.stage import Input, Resources, StageSpec
 from herd.stages.datamix import DatamixConfig
+from herd.stages.dpo import DPOConfig
 from herd.stages.midtrain import MidtrainConfig
-from herd.stages.models import STUDENTS, VARIANTS, ModelsConfig
+from herd.stages.models import STUDENTS, TEACHER, VARIANTS, ModelsConfig
 from herd.stages.pretrain import PretrainConfig
 from herd.stages.problems import ProblemsConfig
+from herd.stages.rl import RLConfig
+from herd.stages.sft import SFTConfig
 from herd.stages.tokenizer import TokenizerConfig
 
 
@@ -33,6 +36,9 @@ class PipelineConfig(BaseModel):
     pretrain: PretrainConfig = PretrainConfig()
     midtrain: MidtrainConfig = MidtrainConfig()
     problems: ProblemsConfig = ProblemsConfig()
+    sft: SFTConfig = SFTConfig()
+    rl: RLConfig = RLConfig()
+    dpo: DPOConfig = DPOConfig()
 
     @model_validator(mode="after")
     def _longer_context(self) -> "PipelineConfig":
@@ -54,6 +60,21 @@ def _per_variant(variants, **spec) -> list[StageSpec]:
         specs.append(StageSpec(**{**spec, "inputs": inputs}, variant=variant))
     return specs
 
+
+_POST_TRAINING_INPUTS = {
+    "tokens": Input("the tokenizer output (tokenizer and chat template)", from_stage="tokenizer"),
+    "problems": Input("the problems output (train.jsonl, eval.jsonl)", from_stage="problems"),
+}
+_SFT_INPUTS = {"judge": Input("the teacher that judges difficulty", from_stage="behemoth.pretrain"),
+               **_POST_TRAINING_INPUTS}
+_SFT = dict(
+    name="sft",
+    summary="judge-pruned SFT: drop the easiest share by the teacher's judgement, train on assistant tokens",
+    config_type=SFTConfig,
+    config_section="sft",
+    resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
+    resumable=True,
+)
 
 STAGES: list[StageSpec] = [
     StageSpec(
@@ -101,6 +122,32 @@ STAGES: list[StageSpec] = [
         resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
         resumable=True,
     ),
+    # Behemoth fine-tunes its pretrained model; the students their mid-trained one. The
+    # teacher judges every example's difficulty for all three.
+    *_per_variant((TEACHER,), **_SFT, inputs={"model": Input("the model to fine-tune", from_stage="behemoth.pretrain"),
+                                              **_SFT_INPUTS}),
+    *_per_variant(STUDENTS, **_SFT, inputs={"model": Input("the model to fine-tune", from_stage="{variant}.midtrain"),
+                                            **_SFT_INPUTS}),
+    *_per_variant(
+        VARIANTS,
+        name="rl",
+        summary="online GRPO-style RL with a pass@k curriculum, rewards from the problems' checkers",
+        config_type=RLConfig,
+        config_section="rl",
+        inputs={"model": Input("the variant's SFT output", from_stage="{variant}.sft"), **_POST_TRAINING_INPUTS},
+        resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
+        resumable=True,
+    ),
+    *_per_variant(
+        STUDENTS,
+        name="dpo",
+        summary="lightweight DPO on on-policy pairs from the RL policy's hard prompts",
+        config_type=DPOConfig,
+        config_section="dpo",
+        inputs={"model": Input("the variant's RL output", from_stage="{variant}.rl"), **_POST_TRAINING_INPUTS},
+        resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
+        resumable=True,
+    ),
 ]
 STAGES_BY_ID: dict[str, StageSpec] = {spec.id: spec for spec in STAGES}
 # Stage names, each once (pretrain runs per variant): what a user selects and `herd stage` takes.
@@ -121,8 +168,15 @@ def stage(name: str, variant: str | None = None) -> StageSpec:
 
 
 def nano() -> PipelineConfig:
-    """Runs end to end on a laptop CPU in minutes."""
-    return PipelineConfig(preset="nano")
+    """Runs end to end on a laptop CPU in minutes: small problem sets, short RL and DPO."""
+    return PipelineConfig(
+        preset="nano",
+        problems=ProblemsConfig(count_arithmetic=300, count_strings=300, count_code=60, count_translate=150,
+                                count_language_id=200, count_continue=200),
+        sft=SFTConfig(steps=40, eval_max_items=16, max_new_tokens=24),
+        rl=RLConfig(rounds=6, pool_size=8, group_size=4, prompts_per_round=4, max_new_tokens=24),
+        dpo=DPOConfig(steps=20, prompts=8, samples_per_prompt=4, max_new_tokens=24),
+    )
 
 
 def small() -> PipelineConfig:

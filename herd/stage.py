@@ -64,4 +64,4 @@ class StageSpec:
     @property
     def upstream(self) -> list[str]:
         """Ids of the stages whose outputs this one reads."""
-        return [i.from_stage for i in self.inputs.values() if i.from_stage]
+        return list(dict.fromkeys(i.from_stage for i in self.inputs.values() if i.from_stage))

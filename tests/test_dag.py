@@ -66,6 +66,11 @@ def test_dag_shape_tags_and_retries():
     assert dag.get_task("scout.midtrain").upstream_task_ids == {"scout.pretrain", "tokenizer"}
     assert dag.get_task("maverick.midtrain").upstream_task_ids == {"maverick.pretrain", "tokenizer"}
     assert "behemoth.midtrain" not in ids
+    # Post-training: the students sft -> rl -> dpo from their mid-trained model, Behemoth sft -> rl from its own.
+    assert dag.get_task("scout.sft").upstream_task_ids == {"scout.midtrain", "behemoth.pretrain", "tokenizer", "problems"}
+    assert dag.get_task("behemoth.sft").upstream_task_ids == {"behemoth.pretrain", "tokenizer", "problems"}
+    assert dag.get_task("maverick.dpo").upstream_task_ids == {"maverick.rl", "tokenizer", "problems"}
+    assert "behemoth.dpo" not in ids and "behemoth.rl" in ids
     assert set(dag.task_group.children) >= {"behemoth", "scout", "maverick"}
     arguments = dag.get_task("maverick.midtrain").arguments
     assert arguments[arguments.index("--variant") + 1] == "maverick"

@@ -29,7 +29,10 @@ def test_dag_runs_data_stages_then_skips_them(udhr_subset, herd_home, monkeypatc
             "--set", "midtrain.eval_trials=2", "--set", "problems.count_arithmetic=20",
             "--set", "problems.count_strings=20", "--set", "problems.count_code=5",
             "--set", "problems.count_translate=10", "--set", "problems.count_language_id=10",
-            "--set", "problems.count_continue=10")
+            "--set", "problems.count_continue=10", "--set", "sft.steps=2", "--set", "sft.eval_max_items=4",
+            "--set", "sft.max_new_tokens=8", "--set", "sft.compare_unpruned=false", "--set", "rl.rounds=1",
+            "--set", "rl.max_new_tokens=8", "--set", "dpo.steps=2", "--set", "dpo.prompts=2",
+            "--set", "dpo.max_new_tokens=8")
     first = _demo(herd_home, *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert ": success in" in first.stdout

@@ -7,6 +7,8 @@ stage within seconds with a message that says so, instead of minutes of retries.
 
 from __future__ import annotations
 
+import re
+
 import logging
 import os
 from pathlib import Path
@@ -99,6 +101,11 @@ def ensure_parent(mlflow_client, run_id: str, tags: dict[str, str] | None = None
     return created.info.run_id
 
 
+def metric_name(name: str) -> str:
+    """MLflow allows only ``[\\w\\-. :/]`` in a metric name: ``pass@1`` becomes ``pass_at_1``."""
+    return re.sub(r"[^\w\-. :/]", "_", name.replace("@", "_at_"))
+
+
 class StageRun:
     """A nested MLflow run for one stage attempt; the only way stage code talks to MLflow."""
 
@@ -132,7 +139,8 @@ class StageRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in sorted(metrics.items()) if v is not None]
+        items = [Metric(metric_name(k), float(v), now, step or 0) for k, v in sorted(metrics.items())
+                 if v is not None]
         for start in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[start : start + 500])
 
