@@ -16,12 +16,13 @@ from herd.model import ModelConfig
 from herd.pipeline import load_config
 from herd.stages.codistill import CodistillConfig
 from tasks.codistill.cache import (CachedTeacherWindows, KeyedWindows, OnlineTeacherWindows, TeacherCache,
-                                   build_cache, teacher_log_probs)
+                                   build_cache, build_student_cache, teacher_log_probs)
 from tasks.codistill.compare import compare, heldout_loss, last_shard
 from tasks.codistill.losses import (TeacherTargets, codistill_loss, scheduled_alpha, signals, soft_loss,
                                     soft_weights)
 from tasks.codistill.objective import make_objective
 from tasks.model.llama4 import Llama4
+from tasks.pretrain.data import TokenWindows
 from tasks.pretrain.train import new_model, train
 
 V = 50
@@ -48,9 +49,9 @@ def tokens(udhr_subset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def teacher(tokens, tmp_path_factory) -> Llama4:
-    """A tiny teacher that has learnt something: 30 steps on every shard but the held-out last one."""
+    """A tiny teacher that has learnt something: 20 steps on every shard but the held-out last one."""
     vocab = json.loads((tokens / "index.json").read_text())["vocab_size"]
-    config = tiny_pretrain(seed=7)
+    config = tiny_pretrain(seed=7, steps=20)
     model = new_model(tiny(vocab, dim=64), config)
     windows = KeyedWindows(tokens, 32, 4, 7, exclude_shards=last_shard(tokens))
     train(model, config, windows, tmp_path_factory.mktemp("teacher"), lambda step, metrics: None)
@@ -168,12 +169,14 @@ def test_the_cache_holds_the_teachers_top_k_and_serves_the_same_batches_as_the_o
             assert torch.equal(logprobs, expected.values[row].half())
 
     cached = CachedTeacherWindows(tokens, 32, 4, 5, cache)
-    online = OnlineTeacherWindows(KeyedWindows(tokens, 32, 4, 5), teacher, top_k=8)
+    online = OnlineTeacherWindows(TokenWindows(tokens, 32, 4, 5), teacher, top_k=8)
     for step in range(3):
         a, b = cached.batch(step), online.batch(step)
-        assert torch.equal(a.tokens, b.tokens)
+        assert torch.equal(a.tokens, b.tokens)  # the student's data is the same with or without a teacher
         assert torch.equal(a.extra["teacher_ids"], b.extra["teacher_ids"])
         assert torch.allclose(a.extra["teacher_logprobs"].float(), b.extra["teacher_logprobs"], atol=1e-2)
+    second_rank = CachedTeacherWindows(tokens, 32, 4, 5, cache, rank=1, world_size=2).batch(2)
+    assert torch.equal(second_rank.extra["teacher_ids"], cached.batch(2).extra["teacher_ids"][1::2])
     cache.check(cached, 3)
     with pytest.raises(ValueError, match="lacks"):
         cache.check(cached, 30)  # a longer run reads windows the teacher never saw
@@ -183,11 +186,13 @@ def test_the_cache_holds_the_teachers_top_k_and_serves_the_same_batches_as_the_o
 
 def test_a_student_learns_with_the_objective_and_the_comparison_reports_both(tokens, teacher, tmp_path):
     vocab = teacher.config.vocab_size
-    config = tiny_pretrain(steps=20)
-    build_cache(teacher, tokens, 32, 16, tmp_path / "t", steps=20, batch_size=4, seed=0)
+    config = tiny_pretrain(steps=16)
+    codistill = CodistillConfig(scheme="dynamic", top_k=16)
+    assert build_student_cache(teacher, tokens, tmp_path / "t", codistill, config)["coverage"]["steps"] == 16
     heldout = last_shard(tokens)
     batches = CachedTeacherWindows(tokens, 32, 4, 0, TeacherCache(tmp_path / "t"))
-    objective = make_objective(CodistillConfig(scheme="dynamic", top_k=16), config.steps)
+    batches.cache.check(batches, config.steps)
+    objective = make_objective(codistill, config.steps)
     student = new_model(tiny(vocab), config)
     before = heldout_loss(student, tokens, 32, heldout, limit=32)
     logged: list[dict] = []
@@ -196,7 +201,7 @@ def test_a_student_learns_with_the_objective_and_the_comparison_reports_both(tok
     assert {"codistill/ce", "codistill/kl", "codistill/soft_weight_mean", "codistill/soft_weight_p90",
             "codistill/teacher_confidence"} <= set(logged[-1])
     rows = objective.weight_log.rows()
-    assert [r["step"] for r in rows] == list(range(20)) and all(0 <= r["p10"] <= r["p90"] <= 1 for r in rows)
+    assert [r["step"] for r in rows] == list(range(16)) and all(0 <= r["p10"] <= r["p90"] <= 1 for r in rows)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,12 +213,12 @@ def test_a_student_learns_with_the_objective_and_the_comparison_reports_both(tok
     plt.close(figure)
 
     online = CodistillConfig(teacher_source="online")
-    result = compare(tokens, teacher, tiny(vocab), tiny_pretrain(steps=10), online,
+    result = compare(tokens, teacher, tiny(vocab), tiny_pretrain(steps=6), online,
                      ("none", "dynamic"), [0], tmp_path / "compare", heldout_windows=32)
     table = {row["scheme"]: row for row in result.rows()}
     assert set(table) == {"none", "dynamic"} and "delta_vs_none" in table["dynamic"]
     assert all(row["mean"] < math.log(vocab) for row in table.values())
-    assert result.weight_logs["dynamic"].steps == list(range(10))
+    assert result.weight_logs["dynamic"].steps == list(range(6))
 
 
 def test_the_config_refuses_unknown_schemes_and_bad_values():

@@ -64,6 +64,12 @@ class CodistillConfig(StageConfig):
         description="cache: read the teacher's top-k from a cache built once over the students' windows (the "
                     "amortisation); online: run the teacher forward every step and use its full distribution.",
     )
+    cache_windows: Literal["run", "all"] = Field(
+        "run",
+        description="Which windows the cache covers: run, those the students' pretrain run reads (its seq_len, "
+                    "batch size, steps and seed; cheaper below one epoch); all, every window of the token shards "
+                    "(any student run at that seq_len can read it).",
+    )
     cache_batch_size: int = operational(8, "Windows per teacher forward pass while the cache is built.")
 
     @model_validator(mode="after")

@@ -20,12 +20,13 @@ one cache serves every ``codistill.temperature`` (:mod:`tasks.codistill.losses`)
 about three significant digits of a log-prob, far finer than the student ever matches.
 
 **Which windows.** ``build_cache`` covers exactly the windows a student run of ``steps``
-steps at ``(batch_size, seed)`` reads, or every window when ``steps`` is None or the run
-reaches a full epoch. Each cached window costs one teacher forward; the students of the
-pipeline share the ``pretrain`` section (seq_len, batch size, steps, seed), so they read the
-same windows, and covering only those is the cheaper choice below one epoch (nano: 160 of
-~390 windows). A student whose run reads a window the cache lacks is refused before it
-trains (:meth:`TeacherCache.check`).
+steps at ``(batch_size, seed)`` reads (``codistill.cache_windows=run``), or every window
+when ``steps`` is None (``all``) or the run reaches a full epoch. Each cached window costs
+one teacher forward; the students of the pipeline share the ``pretrain`` section (seq_len,
+batch size, steps, seed), so they read the same windows, and covering only those is the
+cheaper choice below one epoch (nano: 160 of ~390 windows), at the price of a cache that
+serves only runs that read no further. A student whose run reads a window the cache lacks
+is refused before it trains (:meth:`TeacherCache.check`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from herd.stages.codistill import CodistillConfig
+from herd.stages.training import TrainingConfig
 from tasks.model.llama4 import Llama4
 from tasks.pretrain.batch import Batch, BatchSource
 from tasks.pretrain.data import TokenWindows
@@ -150,6 +153,14 @@ def build_cache(teacher: Llama4, tokens_dir: Path, seq_len: int, top_k: int, out
     return index
 
 
+def build_student_cache(teacher: Llama4, tokens_dir: Path, out_dir: Path, codistill: CodistillConfig,
+                        students: TrainingConfig, teacher_hash: str = "") -> dict:
+    """The cache the students trained with ``students`` (the ``pretrain`` section) read, as ``codistill`` says."""
+    steps = students.steps if codistill.cache_windows == "run" else None
+    return build_cache(teacher, tokens_dir, students.seq_len, codistill.top_k, out_dir, steps, students.batch_size,
+                       students.seed, teacher_hash, codistill.cache_batch_size)
+
+
 class TeacherCache:
     """Reads a cache artifact written by :func:`build_cache`; ``folder`` is the artifact (holding ``cache/``)."""
 
@@ -199,20 +210,27 @@ class TeacherCache:
 
 class CachedTeacherWindows(KeyedWindows):
     """Token windows with the cached teacher top-k of every row: ``extra`` holds ``teacher_ids`` and
-    ``teacher_logprobs``, (B, S, K)."""
+    ``teacher_logprobs``, (B, S, K).
+
+    The tokens are exactly :class:`TokenWindows`' for the same arguments, so a student reads
+    the same data with or without a teacher. Under data parallelism pass the rank and world
+    size: each rank then reads only its rows' targets, and ``extra`` says so (``teacher_rows``).
+    """
 
     def __init__(self, tokens_dir: Path, seq_len: int, batch_size: int, seed: int, cache: TeacherCache,
-                 exclude_shards: tuple[int, ...] = ()) -> None:
+                 exclude_shards: tuple[int, ...] = (), rank: int = 0, world_size: int = 1) -> None:
         super().__init__(tokens_dir, seq_len, batch_size, seed, exclude_shards)
         if cache.seq_len != seq_len:
             raise ValueError(f"the teacher cache was built at seq_len {cache.seq_len}, not {seq_len}")
         self.cache = cache
+        self.rows = slice(rank, None, world_size)
 
     def batch(self, step: int) -> Batch:
         base = super().batch(step)
-        ids, logprobs = zip(*(self.cache.targets(shard, start) for shard, start in self.positions(step)))
+        mine = self.positions(step)[self.rows]
+        ids, logprobs = zip(*(self.cache.targets(shard, start) for shard, start in mine))
         return base._replace(extra={**(base.extra or {}), "teacher_ids": torch.stack(ids),
-                                    "teacher_logprobs": torch.stack(logprobs)})
+                                    "teacher_logprobs": torch.stack(logprobs), "teacher_rows": self.rows})
 
 
 class OnlineTeacherWindows:
@@ -222,7 +240,8 @@ class OnlineTeacherWindows:
     log-softmax, which is the logits up to a per-position constant that no softmax sees); a
     number gives the same top-k form as the cache, in fp32. Under data parallelism pass the
     rank and world size: the teacher then runs on this rank's rows only, and ``extra``
-    says so (``teacher_rows``), which the objective checks.
+    says so (``teacher_rows``), which the objective checks. The teacher runs where its
+    parameters are (move it to the GPU first), in bf16 autocast on a GPU.
     """
 
     def __init__(self, source: BatchSource, teacher: Llama4, top_k: int | None = None,

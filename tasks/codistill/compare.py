@@ -65,7 +65,7 @@ class Comparison:
             row = {"scheme": scheme, **{f"seed{s}": round(by_seed[s], 4) for s in seeds},
                    "mean": round(statistics.fmean(values), 4),
                    "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
-            if "none" in self.losses and scheme != "none":
+            if "none" in self.losses:
                 deltas = [by_seed[s] - self.losses["none"][s] for s in seeds]
                 row["delta_vs_none"] = round(statistics.fmean(deltas), 4)
                 row["delta_std"] = round(statistics.stdev(deltas), 4) if len(deltas) > 1 else 0.0
@@ -175,7 +175,7 @@ def _log_to_mlflow(comparison: Comparison, params: dict, run_id: str | None, scr
     metrics = {"teacher_heldout_loss": comparison.teacher_heldout}
     for row in comparison.rows():
         metrics[f"heldout_loss/{row['scheme']}"] = row["mean"]
-        if "delta_vs_none" in row:
+        if "delta_vs_none" in row and row["scheme"] != "none":
             metrics[f"delta_vs_none/{row['scheme']}"] = row["delta_vs_none"]
     for scheme, by_seed in comparison.losses.items():
         metrics.update({f"heldout_loss/{scheme}/seed{seed}": loss for seed, loss in by_seed.items()})

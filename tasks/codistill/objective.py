@@ -29,7 +29,7 @@ def teacher_targets(batch: Batch, rows: slice, device: torch.device) -> TeacherT
     extra = batch.extra or {}
     selected = extra.get("teacher_rows")
     if selected is not None and selected != rows:
-        raise ValueError(f"the teacher ran on rows {selected} of the batch, this rank trains on {rows}")
+        raise ValueError(f"the batch holds teacher targets for rows {selected}, this rank trains on {rows}")
 
     def mine(tensor: torch.Tensor) -> torch.Tensor:
         return (tensor if selected is not None else tensor[rows]).to(device)
