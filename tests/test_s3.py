@@ -89,7 +89,7 @@ def test_stages_read_and_write_s3(s3, s3_server, udhr_subset, herd_home):
     s3.head_object(Bucket="herd", Key=f"{tok_prefix}/tokens/index.json")
     s3.head_object(Bucket="herd", Key=f"{tok_prefix}/_SUCCESS")
 
-    pre = output_of(herd("stage", "pretrain", "--run", "s3", "--in", f"tokens={tok}", "--out", root,
+    pre = output_of(herd("stage", "pretrain", "--variant", "scout", "--run", "s3", "--in", f"tokens={tok}", "--out", root,
                          "--set", "pretrain.steps=4", "--set", "pretrain.seq_len=32", "--set", "pretrain.batch_size=2",
                          "--set", "pretrain.checkpoint_every=2", env=s3_server))
     pre_prefix = pre.removeprefix("s3://herd/")
@@ -100,7 +100,7 @@ def test_stages_read_and_write_s3(s3, s3_server, udhr_subset, herd_home):
     # A retry on a fresh machine finds its checkpoints only on S3: it resumes from the last one.
     weights = s3.get_object(Bucket="herd", Key=f"{pre_prefix}/model.safetensors")["Body"].read()
     s3.delete_object(Bucket="herd", Key=f"{pre_prefix}/_SUCCESS")
-    retried = herd("stage", "pretrain", "--run", "s3c", "--in", f"tokens={tok}", "--out", root,
+    retried = herd("stage", "pretrain", "--variant", "scout", "--run", "s3c", "--in", f"tokens={tok}", "--out", root,
                    "--set", "pretrain.steps=4", "--set", "pretrain.seq_len=32", "--set", "pretrain.batch_size=2",
                    "--set", "pretrain.checkpoint_every=2", env=s3_server)
     assert output_of(retried) == pre and "resuming from step-00000004 at step 4" in retried.stderr

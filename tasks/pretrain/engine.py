@@ -64,8 +64,9 @@ class PlainEngine:
         found = checkpoint.latest(out, remote)
         if found is None:
             return 0
-        log.info("resuming from %s", found.name)
-        return checkpoint.restore(found, self.module, self.optimizer, self.scheduler)
+        step = checkpoint.restore(found, self.module, self.optimizer, self.scheduler)
+        log.info("resuming from %s at step %d", found.name, step)
+        return step
 
 
 class DeepSpeedEngine:
