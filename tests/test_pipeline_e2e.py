@@ -1,4 +1,4 @@
-"""The data stages end to end through Airflow (dag.test) on the embedded default, twice."""
+"""The whole pipeline end to end through Airflow (dag.test) on the embedded default, twice."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from herd.pipeline import STAGES
 from conftest import REPO
 
 
-def _demo(herd_home, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HERD_HOME": str(herd_home)}
+def _demo(herd_home, *args: str, seed_corpus: str = "") -> subprocess.CompletedProcess:
+    # The seed corpus (the problems stage's UDHR input) is the test's subset, not a fetched one.
+    env = {**os.environ, "HERD_HOME": str(herd_home), **({"HERD_CORPUS_URI": seed_corpus} if seed_corpus else {})}
     for variable in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
         env.pop(variable, None)  # the demo sets up its own embedded Airflow under HERD_HOME
     return subprocess.run([sys.executable, "-m", "herd_airflow.demo", *args], cwd=REPO, env=env,
@@ -33,12 +34,12 @@ def test_dag_runs_data_stages_then_skips_them(udhr_subset, herd_home, monkeypatc
             "--set", "sft.max_new_tokens=8", "--set", "sft.compare_unpruned=false", "--set", "rl.rounds=1",
             "--set", "rl.max_new_tokens=8", "--set", "dpo.steps=2", "--set", "dpo.prompts=2",
             "--set", "dpo.max_new_tokens=8")
-    first = _demo(herd_home, *args)
+    first = _demo(herd_home, *args, seed_corpus=str(udhr_subset))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert ": success in" in first.stdout
     assert first.stdout.count(" computed ") == len(STAGES)
 
-    second = _demo(herd_home, *args)
+    second = _demo(herd_home, *args, seed_corpus=str(udhr_subset))
     assert second.returncode == 0, second.stderr[-5000:]
     assert second.stdout.count(" reused (computed by ") == len(STAGES)
 

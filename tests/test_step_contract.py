@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from herd.pipeline import STAGES
 from conftest import REPO, herd, output_of
 
 
@@ -75,9 +76,8 @@ def test_plan_explains_what_changed(udhr_subset, herd_home):
     mix = output_of(herd("stage", "datamix", "--run", "p", "--in", corpus))
     herd("stage", "tokenizer", "--run", "p", "--in", f"mix={mix}")
     planned = json.loads(herd("plan", "--in", corpus, "--json").stdout)
-    assert [(p["stage"], p["complete"]) for p in planned] == [
-        ("datamix", True), ("tokenizer", True), ("behemoth.pretrain", False), ("scout.pretrain", False),
-        ("maverick.pretrain", False), ("problems", False), ("scout.midtrain", False), ("maverick.midtrain", False)]
+    assert [p["stage"] for p in planned] == [spec.id for spec in STAGES]
+    assert [p["stage"] for p in planned if p["complete"]] == ["datamix", "tokenizer"]
 
     changed = herd("plan", "--in", corpus, "--set", "datamix.min_chars=60", "--set", "datamix.workers=1").stdout
     lines = changed.splitlines()
