@@ -112,9 +112,9 @@ def build_cache(teacher: Llama4, tokens_dir: Path, seq_len: int, top_k: int, out
     if top_k > teacher.config.vocab_size:
         raise ValueError(f"top_k {top_k} exceeds the teacher's vocabulary ({teacher.config.vocab_size})")
     windows = KeyedWindows(tokens_dir, seq_len, batch_size, seed)
-    if windows.index["vocab_size"] > teacher.config.vocab_size:
-        raise ValueError(f"the tokens' vocabulary ({windows.index['vocab_size']}) exceeds the teacher's "
-                         f"({teacher.config.vocab_size}): not the teacher of these tokens")
+    if windows.index["vocab_size"] != teacher.config.vocab_size:
+        raise ValueError(f"the tokens' vocabulary ({windows.index['vocab_size']}) is not the teacher's "
+                         f"({teacher.config.vocab_size}): a student and its teacher share one tokenizer")
     folder = out_dir / CACHE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     (folder / INDEX).unlink(missing_ok=True)
