@@ -3,6 +3,7 @@ cache against the teacher itself, and students that learn with the objective and
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -18,8 +19,7 @@ from herd.stages.codistill import CodistillConfig
 from tasks.codistill.cache import (CachedTeacherWindows, KeyedWindows, OnlineTeacherWindows, TeacherCache,
                                    build_cache, build_student_cache, teacher_log_probs)
 from tasks.codistill.compare import compare, heldout_loss, last_shard
-from tasks.codistill.losses import (TeacherTargets, codistill_loss, scheduled_alpha, signals, soft_loss,
-                                    soft_weights)
+from tasks.codistill.losses import TeacherTargets, codistill_loss, scheduled_alpha, signals, soft_loss, soft_weights
 from tasks.codistill.objective import make_objective
 from tasks.model.llama4 import Llama4
 from tasks.pretrain.data import TokenWindows
@@ -115,7 +115,7 @@ def test_every_scheme_weighs_in_the_unit_interval_and_the_schedule_moves_with_th
     config = CodistillConfig(scheme="scheduled", alpha_start=0.9, alpha_end=0.2)
     path = [scheduled_alpha(config, step, 100) for step in range(100)]
     assert path[0] == pytest.approx(0.9) and path[-1] == pytest.approx(0.2)
-    assert all(a >= b for a, b in zip(path, path[1:])) and path[25] > path[50] > path[75]
+    assert all(a >= b for a, b in itertools.pairwise(path)) and path[25] > path[50] > path[75]
     assert soft_weights(config, 99, 100, labels).mean() < soft_weights(config, 0, 100, labels).mean()
     with pytest.raises(ValueError, match="alpha_start != alpha_end"):
         CodistillConfig(scheme="scheduled", alpha_start=0.5, alpha_end=0.5)
