@@ -25,16 +25,19 @@ sys.path.insert(0, str(REPO))
 def final_loss(tokens: Path, width: int, lr: float, steps: int, base: int | None) -> float:
     from herd.model import nano
     from herd.pipeline import load_config
-    from tasks.pretrain.train import train
+    from tasks.pretrain.data import TokenWindows
+    from tasks.pretrain.train import new_model, train, width_mult
 
     index = json.loads((tokens / "tokens" / "index.json").read_text())
-    model = nano().model_copy(update={"dim": width, "vocab_size": index["vocab_size"]})
+    model_config = nano().model_copy(update={"dim": width, "vocab_size": index["vocab_size"]})
     overrides = {"pretrain.lr": lr, "pretrain.steps": steps, "pretrain.seq_len": 128, "pretrain.batch_size": 4,
                  "pretrain.warmup_steps": max(1, steps // 10), "pretrain.checkpoint_every": steps + 1,
                  "pretrain.log_every": steps, "pretrain.mup_base_dim": base}
     config = load_config("nano", overrides).pretrain
     with tempfile.TemporaryDirectory() as tmp:
-        _, history = train(model, config, tokens / "tokens", Path(tmp), lambda step, metrics: None)
+        batches = TokenWindows(tokens / "tokens", config.seq_len, config.batch_size, config.seed)
+        history = train(new_model(model_config, config), config, batches, Path(tmp), lambda step, metrics: None,
+                        mult=width_mult(model_config, config))
     return sum(history.losses[-5:]) / len(history.losses[-5:])
 
 
