@@ -12,14 +12,14 @@ layout of :mod:`tasks.model.artifacts`, so the next stage reads them like pretra
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
 
 from herd.stages.midtrain import MidtrainConfig
 from tasks.midtrain.needles import NeedleMaker, NeedleWindows, recall
-from tasks.model.artifacts import load_model, model_files, tokenizer_files, write_model
+from tasks.model.artifacts import load_model, write_model
+from tasks.model.inputs import model_dir, tokenizer_dir
 from tasks.model.info import model_info
 from tasks.model.llama4 import Llama4
 from tasks.pretrain.flops import peak_flops, training_flops_per_token
@@ -35,12 +35,10 @@ def run(ctx) -> dict:
     config: MidtrainConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-midtrain-") as tmp:
         scratch = Path(tmp)
-        tokenizer_dir = storage.localize(ctx.inputs["tokens"], scratch / "tokenizer", tokenizer_files)
-        model_dir = storage.localize(ctx.inputs["model"], scratch / "model", model_files)
-        index = json.loads((tokenizer_dir / "tokens" / "index.json").read_text())
-        model = load_model(model_dir, max_seq_len=config.seq_len)
-        maker = NeedleMaker(tokenizer_dir / "tokenizer.json")
-        tokens_dir = tokenizer_dir / "tokens"
+        tokenizer = tokenizer_dir(ctx.inputs["tokens"], scratch)
+        model = load_model(model_dir(ctx.inputs["model"], scratch), max_seq_len=config.seq_len)
+        maker = NeedleMaker(tokenizer.folder / "tokenizer.json")
+        tokens_dir = tokenizer.tokens
         before = recall(model.eval(), maker, tokens_dir, config.seq_len, 0.5, config.eval_trials, seed=config.seed + 1)
 
         info = model_info(model.config)
@@ -56,7 +54,7 @@ def run(ctx) -> dict:
                         remote, throughput, mult, label=f"{ctx.variant}.midtrain")
         if not ctx.is_main:
             return {}
-        write_model(model, ctx.workdir, tokenizer_dir, index["bos_id"], index["eos_id"])
+        write_model(model, ctx.workdir, tokenizer.folder, tokenizer.bos_id, tokenizer.eos_id)
         grid = needle_grid(model.eval(), maker, tokens_dir, config)
     log_training_reports(ctx, history, "Mid-training loss (long context, needles weighted)")
     log_csv(ctx, "needle_recall.csv", grid)

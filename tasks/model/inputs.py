@@ -13,14 +13,19 @@ from tasks.runtime import storage
 @dataclass(frozen=True)
 class TokenizerDir:
     folder: Path
+    vocab_size: int
     bos_id: int
     eos_id: int
+
+    @property
+    def tokens(self) -> Path:
+        return self.folder / "tokens"
 
 
 def tokenizer_dir(uri: str, scratch: Path) -> TokenizerDir:
     folder = storage.localize(uri, scratch / "tokenizer", tokenizer_files)
     index = json.loads((folder / "tokens" / "index.json").read_text())
-    return TokenizerDir(folder, index["bos_id"], index["eos_id"])
+    return TokenizerDir(folder, index["vocab_size"], index["bos_id"], index["eos_id"])
 
 
 def model_dir(uri: str, scratch: Path, name: str = "model") -> Path:

@@ -13,7 +13,6 @@ and ends with the same weights, bit for bit, on the CPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -21,7 +20,8 @@ from pathlib import Path
 
 from herd.model import model_preset
 from herd.stages.pretrain import PretrainConfig
-from tasks.model.artifacts import tokenizer_files, write_model
+from tasks.model.artifacts import write_model
+from tasks.model.inputs import tokenizer_dir
 from tasks.model.info import model_info
 from tasks.pretrain.data import TokenWindows
 from tasks.pretrain.flops import peak_flops, training_flops_per_token
@@ -35,10 +35,9 @@ log = logging.getLogger(__name__)
 def run(ctx) -> dict:
     config: PretrainConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-pretrain-") as tmp:
-        tokenizer_dir = storage.localize(ctx.inputs["tokens"], Path(tmp), tokenizer_files)
-        index = json.loads((tokenizer_dir / "tokens" / "index.json").read_text())
+        tokenizer = tokenizer_dir(ctx.inputs["tokens"], Path(tmp))
         preset = model_preset(ctx.model_preset)
-        model_config = preset.model_copy(update={"vocab_size": index["vocab_size"],
+        model_config = preset.model_copy(update={"vocab_size": tokenizer.vocab_size,
                                                  "max_seq_len": max(preset.max_seq_len, config.seq_len)})
         info = model_info(model_config)
         device, _ = device_and_dtype(config)
@@ -48,13 +47,13 @@ def run(ctx) -> dict:
                  ctx.model_preset, info["total_params"] / 1e6, info["active_params"] / 1e6, throughput.peak_flops / 1e9)
         remote = ctx.output_uri if storage.is_s3(ctx.output_uri) else None
         model = new_model(model_config, config)
-        batches = TokenWindows(tokenizer_dir / "tokens", config.seq_len, config.batch_size, config.seed)
+        batches = TokenWindows(tokenizer.tokens, config.seq_len, config.batch_size, config.seed)
         history = train(model, config, batches, ctx.workdir,
                         lambda step, metrics: ctx.tracker.log_metrics(metrics, step=step),
                         remote, throughput, width_mult(model_config, config), label=f"{ctx.variant}.pretrain")
         if not ctx.is_main:
             return {}
-        write_model(model, ctx.workdir, tokenizer_dir, index["bos_id"], index["eos_id"])
+        write_model(model, ctx.workdir, tokenizer.folder, tokenizer.bos_id, tokenizer.eos_id)
     log_training_reports(ctx, history, "Pretraining loss")
     return {
         "variant": ctx.variant,
