@@ -46,14 +46,19 @@ def save(folder: Path, step: int, model: torch.nn.Module, optimizer: torch.optim
     save_file({"cpu_rng": torch.get_rng_state()}, str(partial / "rng.safetensors"))
     state = {"step": step, "scheduler": scheduler.state_dict(), "param_groups": hyper}
     (partial / "state.json").write_text(json.dumps(state, indent=2, default=float))
+    return publish(partial, final, step, remote, keep)
+
+
+def publish(partial: Path, final: Path, step: int, remote: str | None, keep: int = 2) -> Path:
+    """Marker, atomic rename, upload (marker last), and only the newest ``keep`` checkpoints kept."""
     (partial / COMPLETE).write_text(f"{step}\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
     if remote:
-        target = storage.join(remote, "checkpoints", _name(step))
+        target = storage.join(remote, "checkpoints", final.name)
         storage.upload_tree(final, target, skip={COMPLETE})
         storage.write_text(storage.join(target, COMPLETE), f"{step}\n")
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+    for old in sorted(p for p in final.parent.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

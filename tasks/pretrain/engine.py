@@ -134,15 +134,7 @@ class DeepSpeedEngine:
             state = {"step": step, "world_size": self.world_size, "zero_stage": self.config.zero_stage,
                      "lrs": [group["lr"] for group in self.optimizer.param_groups]}
             (partial / "state.json").write_text(json.dumps(state, indent=2))
-            (partial / checkpoint.COMPLETE).write_text(f"{step}\n")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(partial, final)
-            if remote:
-                target = storage.join(remote, "checkpoints", final.name)
-                storage.upload_tree(final, target, skip={checkpoint.COMPLETE})
-                storage.write_text(storage.join(target, checkpoint.COMPLETE), f"{step}\n")
-            for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-2]:
-                shutil.rmtree(old, ignore_errors=True)
+            checkpoint.publish(partial, final, step, remote)
         dist.barrier()
         return final
 
