@@ -9,6 +9,7 @@
     herd stage pretrain --variant scout --run r1 --config nano --in tokens=URI
     python -m tasks.datamix --run r1 --config nano     # the same, per stage
     herd launch --nproc 2 -- stage pretrain ...        # every rank of this node (torchrun); see tasks/runtime/launch.py
+    herd safety cyberseceval --benchmark mitre-frr --dataset URI --out URI --target MODEL  # see tasks/safety/cli.py
 
 Exit status: 0 done or skipped, 1 the stage failed, 2 bad arguments, config or input.
 """
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     end.add_argument("--run", required=True)
     end.add_argument("--out", default="")
     end.add_argument("--status", choices=["success", "failed"], default="success")
+    from tasks.safety.cli import add_safety_parser
+
+    add_safety_parser(sub)
     # Listed for --help only: main() hands everything after "launch" to tasks.runtime.launch.
     sub.add_parser("launch", add_help=False, help="run a herd command on every rank of this node (torchrun-style)")
     return parser
@@ -248,6 +252,10 @@ def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
 
             print(format_tables(ablate(_config(args), _root(args), args.only, args.seeds)))
             return 0
+        if args.command == "safety":
+            from tasks.safety.cli import run_safety
+
+            return run_safety(args)
         if args.command == "corpus":
             from tasks.corpus.udhr import fetch_udhr
             from tasks.runtime.home import default_corpus
