@@ -8,6 +8,7 @@ field anywhere fails before any work starts.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from herd.config import ConfigError, StageConfig, apply_overrides, deep_merge, explain_validation_error
 from herd.stage import Input, Resources, StageSpec
+from herd.stages.codistill import CodistillConfig
 from herd.stages.datamix import DatamixConfig
 from herd.stages.dpo import DPOConfig
 from herd.stages.midtrain import MidtrainConfig
@@ -34,6 +36,7 @@ class PipelineConfig(BaseModel):
     datamix: DatamixConfig = DatamixConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    codistill: CodistillConfig = CodistillConfig()
     midtrain: MidtrainConfig = MidtrainConfig()
     problems: ProblemsConfig = ProblemsConfig()
     sft: SFTConfig = SFTConfig()
@@ -50,12 +53,21 @@ class PipelineConfig(BaseModel):
     def section(self, spec: StageSpec) -> StageConfig:
         return getattr(self, spec.config_section)
 
+    def read_fields(self, spec: StageSpec) -> dict[str, Any]:
+        """The versioned values of the other sections' fields ``spec`` reads (``spec.reads``), dotted."""
+        fields: dict[str, Any] = {}
+        for name in spec.reads:
+            section, _, field = name.partition(".")
+            values = getattr(self, section).versioned_fields(prefix=f"{section}.")
+            fields.update(values if not field else {name: values[name]})
+        return fields
+
 
 def _per_variant(variants, **spec) -> list[StageSpec]:
     """One spec per variant; ``{variant}`` in an input's ``from_stage`` names the same variant's stage."""
     specs = []
     for variant in variants:
-        inputs = {key: Input(slot.description, slot.from_stage.format(variant=variant) if slot.from_stage else None)
+        inputs = {key: replace(slot, from_stage=slot.from_stage.format(variant=variant) if slot.from_stage else None)
                   for key, slot in spec["inputs"].items()}
         specs.append(StageSpec(**{**spec, "inputs": inputs}, variant=variant))
     return specs
@@ -76,6 +88,16 @@ _SFT = dict(
     resumable=True,
 )
 
+_PRETRAIN = dict(
+    name="pretrain",
+    summary="train a Llama 4 MoE from scratch on the packed token shards, resumable from checkpoints",
+    config_type=PretrainConfig,
+    config_section="pretrain",
+    resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
+    resumable=True,
+)
+_PRETRAIN_INPUTS = {"tokens": Input("the tokenizer output (token shards and tokenizer)", from_stage="tokenizer")}
+
 STAGES: list[StageSpec] = [
     StageSpec(
         name="datamix",
@@ -93,16 +115,27 @@ STAGES: list[StageSpec] = [
         inputs={"mix": Input("the datamix output", from_stage="datamix")},
         resources=Resources(cpu="4", memory="16Gi"),
     ),
-    *_per_variant(
-        VARIANTS,
-        name="pretrain",
-        summary="train a Llama 4 MoE from scratch on the packed token shards, resumable from checkpoints",
-        config_type=PretrainConfig,
-        config_section="pretrain",
-        inputs={"tokens": Input("the tokenizer output (token shards and tokenizer)", from_stage="tokenizer")},
-        resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
-        resumable=True,
+    # The teacher pretrains first; its top-k over the students' windows is cached once
+    # (stage codistill) and both students pretrain against it (LLAMA4_SPEC §2.3).
+    *_per_variant((TEACHER,), **_PRETRAIN, inputs=_PRETRAIN_INPUTS),
+    StageSpec(
+        name="codistill",
+        summary="cache the teacher's top-k log-probabilities over the students' pretraining windows, once for all",
+        config_type=CodistillConfig,
+        config_section="codistill",
+        inputs={"teacher": Input("the teacher's pretrain output", from_stage=f"{TEACHER}.pretrain"),
+                "tokens": Input("the tokenizer output (token shards and tokenizer)", from_stage="tokenizer")},
+        # The cache covers the windows the students' pretraining reads.
+        reads=("pretrain.seq_len", "pretrain.batch_size", "pretrain.steps", "pretrain.seed"),
+        resources=Resources(cpu="8", memory="120Gi", gpus=8, shm="16Gi"),
     ),
+    *_per_variant(STUDENTS, **_PRETRAIN, reads=("codistill",), inputs={
+        **_PRETRAIN_INPUTS,
+        "teacher": Input("the teacher's pretrain output (codistill.teacher_source=online)",
+                         from_stage=f"{TEACHER}.pretrain", optional=True),
+        "teacher_cache": Input("the codistill output: the teacher's cached top-k (codistill.teacher_source=cache)",
+                               from_stage="codistill", optional=True),
+    }),
     StageSpec(
         name="problems",
         summary="build prompt/answer sets with checkers (UDHR tasks, arithmetic, strings, sandboxed code)",

@@ -16,6 +16,9 @@ class Input:
 
     description: str
     from_stage: str | None = None  # a stage id, e.g. "tokenizer" or "scout.pretrain"
+    # An optional input may be left out of a single `herd stage` run; the stage says
+    # when its config needs it after all. The DAG always wires it.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class StageSpec:
     # A resumable stage keeps partial output (checkpoints) between attempts; others
     # start from an empty output folder on every attempt.
     resumable: bool = False
+    # Fields of other config sections that change this stage's output, dotted
+    # ("pretrain.seq_len") or a whole section ("codistill"): they enter the output hash.
+    reads: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:

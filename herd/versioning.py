@@ -18,12 +18,13 @@ HASH_CHARS = 16
 
 
 def version_record(spec: StageSpec, config: StageConfig, input_hashes: dict[str, str],
-                   model_preset: str | None = None) -> dict[str, Any]:
+                   model_preset: str | None = None, read_fields: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the output hash is computed from; kept in ``step.json`` so a plan can say what changed.
 
-    A per-variant stage also records its variant and the variant's model preset.
+    A per-variant stage also records its variant and the variant's model preset;
+    ``read_fields`` are the other sections' fields the stage reads (``spec.reads``).
     """
-    fields = config.versioned_fields(prefix=f"{spec.config_section}.")
+    fields = {**config.versioned_fields(prefix=f"{spec.config_section}."), **(read_fields or {})}
     if spec.variant:
         fields[f"models.{spec.variant}"] = model_preset
     record = {

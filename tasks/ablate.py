@@ -6,7 +6,7 @@
 It finds the complete outputs of the pipeline for the given config (the same hashes
 ``herd plan`` prints) and runs, for the Scout student:
 
-- ``codistill``: students pretrained with co-distillation from Behemoth (the dynamic
+- ``codistill``: students pretrained with co-distillation from Behemoth (the pipeline's
   scheme) against plain next-token loss, equal steps, held-out loss;
 - ``sft``: SFT on the judge-pruned set against the unpruned set, equal compute, loss and
   pass@1 on the held-out hard set;
@@ -61,8 +61,11 @@ def codistill_rows(config: PipelineConfig, found: dict[str, str], seeds: list[in
     tokens = tokenizer_dir(tokens_uri, scratch)
     teacher = load_model(model_dir(teacher_uri, scratch, "teacher")).eval()
     student = model_preset(config.models.scout).model_copy(update={"vocab_size": teacher.config.vocab_size})
-    comparison = compare(tokens.folder / "tokens", teacher, student, config.pretrain, CodistillConfig(),
-                         ("none", "dynamic"), seeds, scratch / "codistill")
+    # The pipeline's own scheme against the baseline; a pipeline run without co-distillation
+    # is compared with the default scheme.
+    codistill = config.codistill if config.codistill.scheme != "none" else CodistillConfig()
+    comparison = compare(tokens.folder / "tokens", teacher, student, config.pretrain, codistill,
+                         ("none", codistill.scheme), seeds, scratch / "codistill")
     return comparison.rows()
 
 

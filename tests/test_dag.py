@@ -66,6 +66,11 @@ def test_dag_shape_tags_and_retries():
     assert dag.get_task("scout.midtrain").upstream_task_ids == {"scout.pretrain", "tokenizer"}
     assert dag.get_task("maverick.midtrain").upstream_task_ids == {"maverick.pretrain", "tokenizer"}
     assert "behemoth.midtrain" not in ids
+    # Co-distillation: the teacher's top-k is cached once, after its pretraining; both students read it.
+    assert dag.get_task("codistill").upstream_task_ids == {"behemoth.pretrain", "tokenizer"}
+    for student in ("scout", "maverick"):
+        assert dag.get_task(f"{student}.pretrain").upstream_task_ids == {"tokenizer", "behemoth.pretrain", "codistill"}
+    assert dag.get_task("behemoth.pretrain").upstream_task_ids == {"tokenizer"}
     # Post-training: the students sft -> rl -> dpo from their mid-trained model, Behemoth sft -> rl from its own.
     assert dag.get_task("scout.sft").upstream_task_ids == {"scout.midtrain", "behemoth.pretrain", "tokenizer", "problems"}
     assert dag.get_task("behemoth.sft").upstream_task_ids == {"behemoth.pretrain", "tokenizer", "problems"}

@@ -17,7 +17,7 @@ from herd.pipeline import load_config
 from tasks.midtrain.needles import NeedleMaker, NeedleWindows
 
 PRETRAIN = ["--set", "pretrain.seq_len=64", "--set", "pretrain.batch_size=2", "--set", "pretrain.steps=6",
-            "--set", "pretrain.warmup_steps=1"]
+            "--set", "pretrain.warmup_steps=1", "--set", "codistill.scheme=none"]
 MIDTRAIN = ["--set", "midtrain.seq_len=256", "--set", "midtrain.batch_size=2", "--set", "midtrain.steps=4",
             "--set", "midtrain.warmup_steps=1", "--set", "midtrain.eval_lengths=[128,256,512]",
             "--set", "midtrain.eval_depths=[0.0,1.0]", "--set", "midtrain.eval_trials=2"]

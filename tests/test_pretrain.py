@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -21,6 +22,9 @@ from tasks.pretrain.train import lr_factor
 TINY = ["--set", "pretrain.seq_len=64", "--set", "pretrain.batch_size=2", "--set", "pretrain.steps=12",
         "--set", "pretrain.checkpoint_every=4", "--set", "pretrain.log_every=2", "--set", "pretrain.warmup_steps=2"]
 
+# A student pretrained alone, without the teacher's cache: plain next-token loss.
+LABELS_ONLY = ["--set", "codistill.scheme=none"]
+
 
 @pytest.fixture(scope="module")
 def tokens(udhr_subset, tmp_path_factory) -> str:
@@ -32,7 +36,7 @@ def tokens(udhr_subset, tmp_path_factory) -> str:
 
 def test_loss_falls_and_the_export_loads_in_transformers(tokens, herd_home):
     out = Path(output_of(herd("stage", "pretrain", "--variant", "scout", "--run", "p", "--in", f"tokens={tokens}",
-                              *TINY)))
+                              *TINY, *LABELS_ONLY)))
     metrics = json.loads((out / "step.json").read_text())["metrics"]
     assert metrics["final_loss"] < metrics["first_loss"] - 0.3
     assert metrics["languages_seen"] >= 5
@@ -47,7 +51,7 @@ def test_loss_falls_and_the_export_loads_in_transformers(tokens, herd_home):
 
 
 def test_killed_run_resumes_to_the_same_weights(tokens, tmp_path):
-    args = ["stage", "pretrain", "--variant", "maverick", "--run", "k", "--in", f"tokens={tokens}", *TINY]
+    args = ["stage", "pretrain", "--variant", "maverick", "--run", "k", "--in", f"tokens={tokens}", *TINY, *LABELS_ONLY]
     straight = Path(output_of(herd(*args, env={"HERD_HOME": str(tmp_path / "straight")})))
 
     env = {**os.environ, "HERD_HOME": str(tmp_path / "killed")}
@@ -125,3 +129,35 @@ def test_mup_scales_hidden_and_output_learning_rates_and_inits_with_width():
     assert model.tok_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.layers[0].attention.wq.weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert model.output.weight.std().item() == pytest.approx(0.005, rel=0.05)
+
+
+def test_students_codistil_from_the_teachers_cache_and_a_short_cache_is_refused(tokens, herd_home):
+    teacher = output_of(herd("stage", "pretrain", "--variant", "behemoth", "--run", "cd", "--in", f"tokens={tokens}",
+                             *TINY))
+    cache = Path(output_of(herd("stage", "codistill", "--run", "cd", "--in", f"teacher={teacher}",
+                                "--in", f"tokens={tokens}", "--set", "codistill.top_k=16", *TINY)))
+    index = json.loads((cache / "cache" / "index.json").read_text())
+    # Exactly the windows the students' 12 steps of 2 rows read, keyed by window.
+    assert index["coverage"] == {"steps": 12, "batch_size": 2, "seed": 0}
+    assert index["windows"] == 24 and index["top_k"] == 16 and index["teacher"] == Path(teacher).name
+    assert 0 < index["top_k_mass_mean"] <= 1
+
+    student_args = ["stage", "pretrain", "--variant", "scout", "--run", "cd", "--in", f"tokens={tokens}",
+                    "--in", f"teacher_cache={cache}", "--set", "codistill.top_k=16", *TINY]
+    student = Path(output_of(herd(*student_args)))
+    step = json.loads((student / "step.json").read_text())
+    assert step["metrics"]["codistill"] == "dynamic/cache"
+    assert step["version"]["config"]["codistill.scheme"] == "dynamic"
+    with open(student / "reports" / "codistill_weights.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(0 <= float(row["p50"]) <= 1 for row in rows)
+
+    # A cache built for 12 steps cannot serve a 20-step run: refused before training.
+    longer = herd(*student_args, "--set", "pretrain.steps=20", check=False)
+    assert longer.returncode != 0 and "the teacher cache lacks" in longer.stderr
+    trained = {path.parents[1] for path in (student.parent).glob("*/checkpoints/step-*")}
+    assert trained == {student}
+    # A student without the cache is told what to give.
+    alone = herd("stage", "pretrain", "--variant", "maverick", "--run", "cd", "--in", f"tokens={tokens}", *TINY,
+                 check=False)
+    assert alone.returncode != 0 and "--in teacher_cache=URI" in alone.stderr

@@ -91,7 +91,7 @@ def test_stages_read_and_write_s3(s3, s3_server, udhr_subset, herd_home):
 
     pre = output_of(herd("stage", "pretrain", "--variant", "scout", "--run", "s3", "--in", f"tokens={tok}", "--out", root,
                          "--set", "pretrain.steps=4", "--set", "pretrain.seq_len=32", "--set", "pretrain.batch_size=2",
-                         "--set", "pretrain.checkpoint_every=2", env=s3_server))
+                         "--set", "pretrain.checkpoint_every=2", "--set", "codistill.scheme=none", env=s3_server))
     pre_prefix = pre.removeprefix("s3://herd/")
     for key in ("_SUCCESS", "hf/config.json", "hf/tokenizer.json", "model.safetensors",
                 "checkpoints/step-00000004/_COMPLETE", "checkpoints/step-00000004/optimizer.safetensors"):
@@ -102,7 +102,7 @@ def test_stages_read_and_write_s3(s3, s3_server, udhr_subset, herd_home):
     s3.delete_object(Bucket="herd", Key=f"{pre_prefix}/_SUCCESS")
     retried = herd("stage", "pretrain", "--variant", "scout", "--run", "s3c", "--in", f"tokens={tok}", "--out", root,
                    "--set", "pretrain.steps=4", "--set", "pretrain.seq_len=32", "--set", "pretrain.batch_size=2",
-                   "--set", "pretrain.checkpoint_every=2", env=s3_server)
+                   "--set", "pretrain.checkpoint_every=2", "--set", "codistill.scheme=none", env=s3_server)
     assert output_of(retried) == pre and "resuming from step-00000004 at step 4" in retried.stderr
     assert s3.get_object(Bucket="herd", Key=f"{pre_prefix}/model.safetensors")["Body"].read() == weights
 

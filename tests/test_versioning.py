@@ -53,3 +53,24 @@ def test_changes_are_described_by_field():
         "datamix.min_chars: 40 -> 60",
         "input corpus changed (data:0123456789abcdef -> data:ff)",
     ]
+
+
+def _record_hash(name: str, overrides: dict, variant: str | None = None) -> str:
+    """The output hash as the runner computes it, with the other sections' fields a stage reads."""
+    from tasks.runtime.step import _record
+
+    return output_hash(_record(stage(name, variant), load_config("nano", overrides), UPSTREAM))
+
+
+def test_fields_of_other_sections_a_stage_reads_move_its_hash():
+    # The teacher cache covers the windows the students' pretraining reads: their shape moves
+    # it, their learning rate does not.
+    base = _record_hash("codistill", {})
+    for field, value in [("steps", 41), ("batch_size", 2), ("seq_len", 128), ("seed", 3)]:
+        assert _record_hash("codistill", {f"pretrain.{field}": value}) != base, field
+    assert _record_hash("codistill", {"pretrain.lr": 1e-3}) == base
+    assert _record_hash("codistill", {"codistill.top_k": 8}) != base
+    # The students' pretraining depends on the co-distillation scheme; the teacher's does not.
+    for variant, moves in [("scout", True), ("maverick", True), ("behemoth", False)]:
+        changed = _record_hash("pretrain", {"codistill.scheme": "fixed"}, variant) != _record_hash("pretrain", {}, variant)
+        assert changed is moves, variant

@@ -9,6 +9,11 @@ with the tokenizer: ``transformers`` loads it), the last checkpoints under
 ``checkpoints/``, ``reports/tokens_by_language.csv`` and ``reports/expert_load.csv``.
 Killed and restarted (an Airflow retry), it continues from the last complete checkpoint
 and ends with the same weights, bit for bit, on the CPU.
+
+The students (Scout, Maverick) co-distil from the teacher as ``codistill`` says: from the
+cache stage ``codistill`` wrote (``teacher_cache``), or from the teacher's forward pass
+(``teacher``, ``teacher_source=online``); the soft weights' distribution over training
+goes to ``reports/codistill_weights.csv`` and a plot.
 """
 
 from __future__ import annotations
@@ -17,17 +22,24 @@ import logging
 import tempfile
 from pathlib import Path
 
-
 from herd.model import model_preset
+from herd.stages.codistill import CodistillConfig
 from herd.stages.pretrain import PretrainConfig
-from tasks.model.artifacts import write_model
-from tasks.model.inputs import tokenizer_dir
+from tasks.codistill.cache import CachedTeacherWindows, OnlineTeacherWindows, TeacherCache, cache_files
+from tasks.codistill.objective import CodistillObjective, make_objective
+from tasks.codistill.stage import needs_cache
+from tasks.model.artifacts import load_model, write_model
+from tasks.model.inputs import model_dir, tokenizer_dir
 from tasks.model.info import model_info
+from tasks.pretrain.batch import BatchSource
 from tasks.pretrain.data import TokenWindows
+from tasks.pretrain.engine import world
 from tasks.pretrain.flops import peak_flops, training_flops_per_token
 from tasks.pretrain.reports import log_training_reports, training_summary
-from tasks.pretrain.train import Throughput, device_and_dtype, new_model, train, width_mult
+from tasks.pretrain.train import Throughput, device_and_dtype, new_model, next_token_objective, train, width_mult
 from tasks.runtime import storage
+from tasks.runtime.reports import log_csv
+from tasks.runtime.step import InputError
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +59,18 @@ def run(ctx) -> dict:
                  ctx.model_preset, info["total_params"] / 1e6, info["active_params"] / 1e6, throughput.peak_flops / 1e9)
         remote = ctx.output_uri if storage.is_s3(ctx.output_uri) else None
         model = new_model(model_config, config)
-        batches = TokenWindows(tokenizer.tokens, config.seq_len, config.batch_size, config.seed)
+        batches, objective = _data_and_objective(ctx, tokenizer.tokens, Path(tmp))
         history = train(model, config, batches, ctx.workdir,
                         lambda step, metrics: ctx.tracker.log_metrics(metrics, step=step),
-                        remote, throughput, width_mult(model_config, config), label=f"{ctx.variant}.pretrain")
+                        remote, throughput, width_mult(model_config, config), label=f"{ctx.variant}.pretrain",
+                        objective=objective)
         if not ctx.is_main:
             return {}
         write_model(model, ctx.workdir, tokenizer.folder, tokenizer.bos_id, tokenizer.eos_id)
     log_training_reports(ctx, history, "Pretraining loss")
+    if isinstance(objective, CodistillObjective):
+        log_csv(ctx, "codistill_weights.csv", objective.weight_log.rows())
+        ctx.tracker.log_plot("codistill_weights.png", objective.weight_log.draw)
     return {
         "variant": ctx.variant,
         "model": ctx.model_preset,
@@ -63,5 +79,41 @@ def run(ctx) -> dict:
         "steps": config.steps,
         "tokens_seen": config.steps * config.batch_size * config.seq_len,
         "cpu_matmul_peak_gflops": round(throughput.peak_flops / 1e9, 2) if device.type == "cpu" else None,
+        "codistill": _codistill_mode(ctx),
         **training_summary(history),
     }
+
+
+def _codistill_mode(ctx) -> str:
+    """How this variant learns from the teacher: ``none`` for the teacher itself and the baseline."""
+    codistill: CodistillConfig = ctx.pipeline.codistill
+    if "teacher_cache" not in ctx.spec.inputs or codistill.scheme == "none":
+        return "none"
+    return f"{codistill.scheme}/{codistill.teacher_source}"
+
+
+def _data_and_objective(ctx, tokens_dir: Path, scratch: Path) -> tuple[BatchSource, object]:
+    """The batches and loss of this variant: next-token on the shards, or co-distillation from the teacher."""
+    config: PretrainConfig = ctx.config
+    mode = _codistill_mode(ctx)
+    if mode == "none":
+        return TokenWindows(tokens_dir, config.seq_len, config.batch_size, config.seed), next_token_objective
+    codistill: CodistillConfig = ctx.pipeline.codistill
+    rank, world_size = world() if config.engine == "deepspeed" else (0, 1)
+    source = "teacher_cache" if needs_cache(codistill) else "teacher"
+    if source not in ctx.inputs:
+        raise InputError(f"{ctx.variant}.pretrain co-distils from the teacher (codistill.scheme={codistill.scheme}, "
+                         f"teacher_source={codistill.teacher_source}): give --in {source}=URI, or train on the "
+                         "labels alone with --set codistill.scheme=none")
+    if needs_cache(codistill):
+        cache = TeacherCache(storage.localize(ctx.inputs["teacher_cache"], scratch / "teacher_cache", cache_files))
+        batches = CachedTeacherWindows(tokens_dir, config.seq_len, config.batch_size, config.seed, cache,
+                                       rank=rank, world_size=world_size)
+        cache.check(batches, config.steps)  # refuse before training, not at the first missing window
+    else:
+        device, _ = device_and_dtype(config)
+        teacher = load_model(model_dir(ctx.inputs["teacher"], scratch, "teacher")).to(device)
+        batches = OnlineTeacherWindows(TokenWindows(tokens_dir, config.seq_len, config.batch_size, config.seed),
+                                       teacher, rank=rank, world_size=world_size)
+    log.info("%s.pretrain: co-distillation from the teacher, %s", ctx.variant, mode)
+    return batches, make_objective(codistill, config.steps)

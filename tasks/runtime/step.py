@@ -115,6 +115,8 @@ def resolve_inputs(spec: StageSpec, given: dict[str, str]) -> dict[str, str]:
         uri = given.get(key) or ""
         if not uri and slot.from_stage is None and key in SEED_CORPUS_INPUTS:
             uri = default_corpus()
+        if not uri and slot.optional:
+            continue
         if not uri:
             raise InputError(f"stage {spec.name} needs --in {key}=URI ({slot.description})")
         resolved[key] = uri
@@ -158,7 +160,7 @@ def plan(config: PipelineConfig, artifact_root: str, external: dict[str, str]) -
 
 def _record(spec: StageSpec, config: PipelineConfig, hashes: dict[str, str]) -> dict[str, Any]:
     model = config.models.preset(spec.variant) if spec.variant else None
-    return version_record(spec, config.section(spec), hashes, model)
+    return version_record(spec, config.section(spec), hashes, model, config.read_fields(spec))
 
 
 def rank() -> int:
