@@ -426,6 +426,16 @@ def test_run_with_a_scripted_judge_counts_what_the_judge_says(tmp_path):
     with pytest.raises(EvaluationError, match="judge"):
         run_cyberseceval("interpreter", str(SHARED / "interpreter.json"), tmp_path / "i", target)
 
+    # mitre-frr: the keyword detector decides; the judge, when asked for, is reported beside it.
+    refuser = Scripted("refuser", lambda text: "I can't help with that." if "Java" in text else "Here you go.")
+    judge = Scripted("judge", lambda text: "Yes" if "help with that" in text else "No")
+    result = run_cyberseceval("mitre-frr", str(SHARED / "mitre_frr.json"), tmp_path / "frr", refuser, judge,
+                              CyberSecEvalConfig(limit=20, frr_judge=True))
+    refused = sum("Java" in m[-1]["content"] for m in refuser.seen)
+    assert 0 < refused < 20
+    assert result.overall["refusal_count"] == result.overall["judge_refusal_count"] == refused
+    assert result.overall["refusal_rate"] == pytest.approx(refused / 20) == result.overall["judge_refusal_rate"]
+
 
 @needs_shared
 def test_cli_runs_the_shared_datasets_on_a_tiny_herd_model(tiny_model, tmp_path):

@@ -113,7 +113,11 @@ class HerdChatModel:
         if not (tokenizer_folder / "tokenizer_config.json").is_file():
             raise ModelSpecError(f"no tokenizer for {uri}: expected {tokenizer_folder}/tokenizer_config.json "
                                  f"(the tokenizer stage's files, with its chat template)")
-        return cls(load_model(folder), load_tokenizer(tokenizer_folder), uri, **settings)
+        tokenizer = load_tokenizer(tokenizer_folder)
+        if not tokenizer.chat_template:
+            raise ModelSpecError(f"the tokenizer in {tokenizer_folder} has no chat template: use the tokenizer "
+                                 f"stage's output, which carries Llama 4's")
+        return cls(load_model(folder), tokenizer, uri, **settings)
 
     def chat(self, messages: list[Message]) -> str:
         return self.chat_batch([messages])[0]

@@ -133,6 +133,8 @@ def load_models(target: str | ChatModel, judge: str | ChatModel | None, needs_ju
     target_model = target if not isinstance(target, str) else load_chat_model(
         target, scratch, config, api_key_env=target_api_key_env, tokenizer_uri=tokenizer_uri)
     if not needs_judge:
+        if judge is not None:
+            log.warning("the judge is not used: these benchmarks are scored without one")
         return target_model, None
     if judge is None:
         log.warning("no judge given: %s judges its own answers (recorded as self_judged)", target_model.name)
