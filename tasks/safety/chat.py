@@ -36,6 +36,7 @@ from tasks.safety.config import CyberSecEvalConfig
 log = logging.getLogger(__name__)
 
 OPENAI_PREFIX = "openai:"
+PROGRESS_EVERY = 64  # herd models: conversations generated between two progress lines
 HERD_PREFIX = "herd:"
 Message = dict[str, str]
 
@@ -129,9 +130,14 @@ class HerdChatModel:
         prompts = [list(self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                                            return_dict=True)["input_ids"])
                    for messages in conversations]
+        completions: list[list[int]] = []
+        step = PROGRESS_EVERY
         with placed(self.model, TrainingConfig(precision=self.precision)):
-            completions = generate(self.model, prompts, self.max_new_tokens, self.eot_id, self.temperature,
-                                   self.seed, self.batch_size)
+            for start in range(0, len(prompts), step):
+                completions += generate(self.model, prompts[start : start + step], self.max_new_tokens,
+                                        self.eot_id, self.temperature, self.seed + start, self.batch_size)
+                if len(prompts) > step:
+                    log.info("%s: answered %d of %d", self.name, len(completions), len(prompts))
         return [self.tokenizer.decode([t for t in ids if t != self.eot_id], skip_special_tokens=True).strip()
                 for ids in completions]
 
