@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import herd
+
 from herd.model import RopeScaling, model_preset, nano, nano_maverick
 from tasks.model import hf
-from tasks.model.llama4 import Llama4, MoE, chunked_causal_attention
 from tasks.model.info import model_info
+from tasks.model.llama4 import Llama4, MoE, chunked_causal_attention
 
 
 @pytest.mark.parametrize("preset, total, active", [
@@ -133,3 +134,41 @@ def test_selection_bias_steers_tokens_towards_underloaded_experts():
     _, after = moe(x)
     assert moe.selection_bias[0] < 0 < moe.selection_bias[1:].max()
     assert after.tokens_per_expert.float().std() < 0.5 * before.tokens_per_expert.float().std()
+
+
+@pytest.mark.parametrize("variant", ["scout-style", "maverick-style"])
+def test_activation_checkpointing_recomputes_blocks_to_the_same_loss_gradients_and_expert_load(variant):
+    torch.manual_seed(5)
+    plain = Llama4(VARIANTS[variant])
+    plain.init_weights(std=0.05)
+    with torch.no_grad():  # a trained bias, so the recompute must route with it as the forward did
+        for block in plain.layers:
+            if block.moe is not None:
+                block.moe.selection_bias.normal_(0.0, 0.5)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.activation_checkpointing = True
+    tokens = torch.randint(0, plain.config.vocab_size, (2, 41))
+    runs, block_calls = [], []
+    for model in (plain, checkpointed):
+        calls: list[int] = []
+        model.layers[0].register_forward_pre_hook(lambda *args, calls=calls: calls.append(1))
+        out = model(tokens[:, :-1])
+        loss = F.cross_entropy(out.logits.flatten(0, 1), tokens[:, 1:].flatten()) + 0.01 * out.aux_loss
+        loss.backward()
+        for block, stats in zip((b for b in model.layers if b.moe is not None), out.router):
+            block.moe.update_selection_bias(stats.tokens_per_expert, rate=0.1)  # the loop's bias step
+        runs.append((loss, out.router, model))
+        block_calls.append(len(calls))
+    assert block_calls == [1, 2]  # the checkpointed block ran again in backward
+    (loss, router, _), (ckpt_loss, ckpt_router, _) = runs
+    # fp32 on the CPU, the same kernels on the same inputs: equal to the bit, no tolerance needed.
+    assert torch.equal(ckpt_loss, loss)
+    assert len(ckpt_router) == len(router) == sum(b.moe is not None for b in plain.layers)
+    for ours, theirs in zip(ckpt_router, router):  # each token counted once: the recompute reports nothing
+        assert torch.equal(ours.tokens_per_expert, theirs.tokens_per_expert)
+        assert int(ours.tokens_per_expert.sum()) == tokens[:, :-1].numel() * plain.config.top_k
+    expected = dict(plain.named_parameters())
+    for name, param in checkpointed.named_parameters():
+        assert torch.equal(param.grad, expected[name].grad), name
+    for name, buffer in plain.named_buffers():  # the bias moved once, by the same step
+        assert torch.equal(checkpointed.get_buffer(name), buffer), name

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from herd.model import ModelConfig
 
@@ -286,13 +287,22 @@ class Llama4(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        # Keep only each block's input and recompute the block in backward: activation memory
+        # of one block instead of all, for about a third more compute. Router stats come from
+        # the first forward only (the recompute's outputs are discarded), and the selection
+        # bias moves after backward, so the recompute routes exactly as the forward did.
+        self.activation_checkpointing = False
 
     def forward(self, tokens_BS: torch.Tensor) -> Output:
         freqs = rope_frequencies(self.config, tokens_BS.shape[1], tokens_BS.device)
         h = self.tok_embeddings(tokens_BS)
         stats = []
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.layers:
-            h, layer_stats = block(h, freqs)
+            if recompute:
+                h, layer_stats = checkpoint(block, h, freqs, use_reentrant=False)
+            else:
+                h, layer_stats = block(h, freqs)
             if layer_stats is not None:
                 stats.append(layer_stats)
         return Output(self.output(self.norm(h)), stats)
