@@ -41,11 +41,22 @@ class TrainingConfig(StageConfig):
         "plain", "plain: one process; deepspeed: data parallel over the ranks torchrun starts, ZeRO sharded."
     )
     zero_stage: int = operational(2, "DeepSpeed ZeRO stage 0-3 (engine=deepspeed).")
+    expert_parallel_size: int = operational(
+        1, "Ranks that split each MoE layer's routed experts between them (engine=deepspeed, zero_stage=3); "
+           "divides the number of ranks and of experts.")
+    activation_checkpointing: bool = operational(
+        False, "Keep only each block's input and recompute the block in backward: less memory, more compute.")
     checkpoint_every: int = operational(20, "Steps between checkpoints; resuming reproduces the same weights.")
     log_every: int = operational(5, "Steps between metric logs.")
 
     @model_validator(mode="after")
-    def _zero_stage(self) -> "TrainingConfig":
+    def _parallelism(self) -> TrainingConfig:
         if not 0 <= self.zero_stage <= 3:
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, not {self.zero_stage}")
+        if self.expert_parallel_size < 1:
+            raise ValueError(f"expert_parallel_size must be at least 1, not {self.expert_parallel_size}")
+        if self.expert_parallel_size > 1 and (self.engine != "deepspeed" or self.zero_stage != 3):
+            # DeepSpeed's stage 1/2 optimizer partitions expert parameters over expert groups only
+            # for its own MoE layer classes; its stage 3 reads the placement from the parameters.
+            raise ValueError("expert_parallel_size > 1 needs engine=deepspeed and zero_stage=3")
         return self

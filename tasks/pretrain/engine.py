@@ -5,6 +5,12 @@ parallel over the ranks torchrun starts (gloo on the CPU, NCCL on GPUs), with th
 optimiser state sharded by ZeRO. Both take the same AdamW parameter groups (one per µP
 role) and the same LR schedule, and both checkpoint to safetensors: DeepSpeed's own
 checkpoints are pickles, which herd never loads from an artifact.
+
+With ``expert_parallel_size`` P > 1 (ZeRO-3 only), each group of P consecutive ranks splits
+every MoE layer's routed experts (``tasks/model/parallelize.py``), and ZeRO-3 partitions each
+expert shard over the ranks that hold the same experts, averaging its gradient over all
+ranks, as DeepSpeed does for its own expert layers. Checkpoints still hold every expert:
+they are gathered to save and sliced again to resume.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from herd.stages.training import TrainingConfig
+from tasks.model import parallelize
 from tasks.pretrain import checkpoint
 from tasks.runtime import storage
 
@@ -57,6 +64,9 @@ class PlainEngine:
     def param_groups(self) -> list[dict]:
         return self.optimizer.param_groups
 
+    def finish(self) -> None:
+        """The model already holds every weight."""
+
     def save(self, out: Path, step: int, remote: str | None) -> Path:
         return checkpoint.save(out, step, self.module, self.optimizer, self.scheduler, remote)
 
@@ -81,6 +91,9 @@ class DeepSpeedEngine:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.world_size} ranks")
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.config, self.schedule = config, schedule
+        self.experts = config.expert_parallel_size > 1
+        if self.experts:
+            groups = _shard_experts(model, groups, config.expert_parallel_size, self.world_size)
         self.base_lrs = [group["lr"] for group in groups]
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), foreach=False)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -109,12 +122,31 @@ class DeepSpeedEngine:
         return getattr(self.optimizer, "optimizer", self.optimizer)
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight, every expert, on every rank (a collective under ZeRO-3 or expert parallelism)."""
         if self.config.zero_stage == 3:
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
-                return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-        return {k: v.detach() for k, v in self.module.state_dict().items()}
+                weights = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        else:
+            weights = {k: v.detach() for k, v in self.module.state_dict().items()}
+        return parallelize.gather_experts(self.module, weights) if self.experts else weights
+
+    def finish(self) -> None:
+        """Leave the model whole on every rank, as one process would hold it: what the stage writes.
+
+        Under ZeRO-3 each rank holds a slice of every weight, and with expert parallelism only
+        its own experts; both are gathered, and DeepSpeed's hooks leave the model.
+        """
+        if self.config.zero_stage != 3 and not self.experts:
+            return
+        weights = self._full_state_dict()
+        self.engine.destroy()
+        parallelize.unshard_experts(self.module)
+        for name, param in list(self.module.named_parameters()):
+            owner, _, leaf = name.rpartition(".")
+            setattr(self.module.get_submodule(owner), leaf,
+                    torch.nn.Parameter(weights[name].to(param.device), requires_grad=param.requires_grad))
 
     def save(self, out: Path, step: int, remote: str | None) -> Path:
         """Full weights from rank 0, each rank's optimizer shard beside them, the marker last."""
@@ -132,17 +164,28 @@ class DeepSpeedEngine:
         dist.barrier()
         if self.rank == 0:
             state = {"step": step, "world_size": self.world_size, "zero_stage": self.config.zero_stage,
+                     "expert_parallel_size": self.config.expert_parallel_size,
                      "lrs": [group["lr"] for group in self.optimizer.param_groups]}
             (partial / "state.json").write_text(json.dumps(state, indent=2))
             checkpoint.publish(partial, final, step, remote)
         dist.barrier()
         return final
 
+    def _optimizer_slots(self) -> list[list[torch.Tensor]]:
+        """Per optimizer group, the flat partitions whose AdamW state this rank holds."""
+        base = self._base_optimizer()
+        if self.config.zero_stage == 3:
+            # ZeRO-3 puts a sub-group's flat partition into its optimizer group only while stepping it.
+            owner = self.optimizer.sub_group_to_group_id
+            flats = self.optimizer.fp32_partitioned_groups_flat
+            return [[flat for i, flat in enumerate(flats) if owner[i] == g] for g in range(len(base.param_groups))]
+        return [list(group["params"]) for group in base.param_groups]
+
     def _optimizer_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {}
         base = self._base_optimizer()
-        for g, group in enumerate(base.param_groups):
-            for p, param in enumerate(group["params"]):
+        for g, params in enumerate(self._optimizer_slots()):
+            for p, param in enumerate(params):
                 for key, value in base.state.get(param, {}).items():
                     if torch.is_tensor(value):
                         tensors[f"g{g}.p{p}.{key}"] = value.detach().reshape(-1).contiguous().clone()
@@ -159,16 +202,20 @@ class DeepSpeedEngine:
             return 0
         found = Path(shared[0])
         state = json.loads((found / "state.json").read_text())
-        if state["world_size"] != self.world_size or state["zero_stage"] != self.config.zero_stage:
-            raise ValueError(f"checkpoint {found} was written by {state['world_size']} ranks at ZeRO stage "
-                             f"{state['zero_stage']}; this run has {self.world_size} at stage {self.config.zero_stage}")
+        # The optimizer shards follow the layout: ranks, ZeRO stage and expert split must be the same.
+        written = (state["world_size"], state["zero_stage"], state.get("expert_parallel_size", 1))
+        this_run = (self.world_size, self.config.zero_stage, self.config.expert_parallel_size)
+        if written != this_run:
+            raise ValueError(f"checkpoint {found} was written by {written[0]} ranks at ZeRO stage {written[1]} with "
+                             f"{written[2]}-way expert parallelism; this run has {this_run[0]} at stage "
+                             f"{this_run[1]} with {this_run[2]}")
         shard = found / f"optimizer-rank{self.rank}.safetensors"
         if not shard.exists() and remote:
             storage.download(storage.join(remote, "checkpoints", found.name, shard.name), shard)
         self._load_weights(load_file(str(found / "model.safetensors")))
         base, saved = self._base_optimizer(), load_file(str(shard))
-        for g, group in enumerate(base.param_groups):
-            for p, param in enumerate(group["params"]):
+        for g, params in enumerate(self._optimizer_slots()):
+            for p, param in enumerate(params):
                 for key in ("exp_avg", "exp_avg_sq", "step"):
                     name = f"g{g}.p{p}.{key}"
                     if name in saved:
@@ -179,12 +226,16 @@ class DeepSpeedEngine:
         return self.step_count
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        if self.experts:
+            weights = parallelize.slice_experts(self.module, weights)
         if self.config.zero_stage == 3:
             import deepspeed
 
+            # modifier_rank counts within each parameter's partition group: global rank 0 for the
+            # replicated weights, the first rank of each group holding the same experts for those;
+            # so every rank loads (its own experts of) the weights, and those ranks' copies win.
             with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=0):
-                if self.rank == 0:
-                    self.module.load_state_dict(weights, strict=True)
+                self.module.load_state_dict(weights, strict=True)
         else:
             self.module.load_state_dict(weights, strict=True)
         if hasattr(self.optimizer, "refresh_fp32_params"):  # ZeRO 1-3: the fp32 master copy follows the weights
@@ -206,8 +257,43 @@ def deepspeed_config(config: TrainingConfig, world_size: int, bf16: bool) -> dic
     }
 
 
+def _shard_experts(model: torch.nn.Module, groups: list[dict], size: int, world_size: int) -> list[dict]:
+    """Split the routed experts over groups of ``size`` ranks; the optimizer groups, with experts apart.
+
+    The expert parameters carry the marks DeepSpeed's own expert layers set
+    (``deepspeed/module_inject/auto_ep_layer.py``): excluded from the data-parallel
+    all-reduce and broadcast (``allreduce=False``, ``group_name``), and, under ZeRO-3,
+    partitioned over the ranks that hold the same experts, their gradient averaged over all
+    ranks and their norm summed over the expert-parallel group. ZeRO-3 keeps a bucket's
+    parameters on one partition group, hence the separate optimizer groups.
+    """
+    from deepspeed.utils import groups as ds_groups
+
+    if world_size % size:
+        raise ValueError(f"expert_parallel_size {size} does not divide the {world_size} ranks")
+    name = f"ep_size_{size}"
+    if name not in ds_groups._get_expert_parallel_group_dict():
+        ds_groups._create_expert_and_data_parallel(size)
+    names = {id(param): n for n, param in model.named_parameters()}
+    parallelize.shard_experts(model, ds_groups._get_expert_parallel_group(name))
+    for param in parallelize.expert_parameters(model):
+        param.allreduce, param.group_name = False, name
+        param.ds_zero_placement_family, param.ds_zero_partition_group_name = "autoep_expert", name
+        param.ds_zero_partition_process_group = ds_groups._get_expert_data_parallel_group(name)
+    params = dict(model.named_parameters())
+    split = []
+    for group in groups:
+        now = [params[names[id(param)]] for param in group["params"]]
+        dense = [param for param in now if getattr(param, "allreduce", True)]
+        experts = [param for param in now if not getattr(param, "allreduce", True)]
+        split += [{**group, "params": dense}] if dense else []
+        split += [{**group, "name": f"{group['name']}_experts", "params": experts}] if experts else []
+    return split
+
+
 def make_engine(model: torch.nn.Module, groups: list[dict], config: TrainingConfig,
                 schedule: Callable[[int], float], bf16: bool = False):
+    model.activation_checkpointing = config.activation_checkpointing
     if config.engine == "deepspeed":
         return DeepSpeedEngine(model, groups, config, schedule, bf16)
     return PlainEngine(model, groups, config, schedule)

@@ -186,6 +186,7 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
             saved = engine.save(out, done, remote)
             log.info("%s: step %d, loss %.4f, checkpoint %s", label, done, lm_loss.item(), saved.name)
         progress(done, lm_loss.item())
+    engine.finish()  # every weight back in ``model`` (gathered from ZeRO-3 shards and expert ranks)
     model.to("cpu")
     return history
 
