@@ -3,6 +3,10 @@
 Model stages run once per variant, each variant in its own task group: ``behemoth.pretrain``,
 ``scout.pretrain`` -> ``scout.midtrain``, ``maverick.pretrain`` -> ``maverick.midtrain``.
 
+Each variant ends in its ``gate`` (figures against thresholds and the champion; the model is
+registered in MLflow as ``candidate``) and ``promote`` (the ``champion`` alias moves if the gate
+passed, or if the ``gate_override`` parameter names the variant, with a reason).
+
 Each task runs ``herd stage NAME`` locally or as a Kubernetes pod (``HERD_BACKEND``). A stage
 whose output for the same inputs, config and code exists is skipped by the stage itself;
 a stage left out of ``stages`` only reuses such an output. Every run has a parent MLflow
@@ -17,6 +21,7 @@ from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
 from herd.pipeline import PRESETS, STAGE_NAMES, STAGES, override_schema
 from herd_airflow.factory import command_task, config_arguments, overrides_json, stage_task
+from herd_airflow.registry import OVERRIDE_PARAM, gate_override_param, promote_task
 
 with DAG(
     dag_id="llama4_pipeline",
@@ -41,6 +46,7 @@ with DAG(
                         description="Raw corpus: absolute path, file:// or s3:// URI; empty uses the UDHR seed corpus."),
         "overrides": Param({}, **override_schema(), title="Config overrides",
                            description='Dotted config fields, e.g. {"datamix.min_chars": 60}.'),
+        OVERRIDE_PARAM: gate_override_param(),
     },
 ) as dag:
     begin = command_task("begin", ["run", "begin", "--run", "{{ run_id }}", *config_arguments()])
@@ -51,9 +57,14 @@ with DAG(
         stage_tasks[spec.id] = stage_task(spec, task_group=groups.get(spec.variant))
         upstream = [stage_tasks[stage_id] for stage_id in spec.upstream] or [begin]
         upstream >> stage_tasks[spec.id]
+    promote_tasks = []
+    for spec in STAGES:
+        if spec.name == "gate":
+            promote_tasks.append(promote_task(spec, task_group=groups[spec.variant]))
+            stage_tasks[spec.id] >> promote_tasks[-1]
     leaves = [t for stage_id, t in stage_tasks.items() if not any(stage_id in s.upstream for s in STAGES)]
     finish = command_task("finish", ["run", "end", "--run", "{{ run_id }}", "--status", "success"])
     finish_failed = command_task("finish_failed", ["run", "end", "--run", "{{ run_id }}", "--status", "failed"],
                                  trigger_rule=TriggerRule.ONE_FAILED, retries=0)
-    leaves >> finish
-    [begin, *stage_tasks.values()] >> finish_failed
+    [*leaves, *promote_tasks] >> finish
+    [begin, *stage_tasks.values(), *promote_tasks] >> finish_failed

@@ -19,6 +19,7 @@ from herd.stage import Input, Resources, StageSpec
 from herd.stages.codistill import CodistillConfig
 from herd.stages.datamix import DatamixConfig
 from herd.stages.dpo import DPOConfig
+from herd.stages.gate import GateConfig
 from herd.stages.midtrain import MidtrainConfig
 from herd.stages.models import STUDENTS, TEACHER, VARIANTS, ModelsConfig
 from herd.stages.pretrain import PretrainConfig
@@ -42,12 +43,23 @@ class PipelineConfig(BaseModel):
     sft: SFTConfig = SFTConfig()
     rl: RLConfig = RLConfig()
     dpo: DPOConfig = DPOConfig()
+    gate: GateConfig = GateConfig()
 
     @model_validator(mode="after")
     def _longer_context(self) -> "PipelineConfig":
         if self.midtrain.seq_len <= self.pretrain.seq_len:
             raise ValueError(f"midtrain.seq_len ({self.midtrain.seq_len}) must exceed pretrain.seq_len "
                              f"({self.pretrain.seq_len}): mid-training extends the context")
+        return self
+
+    @model_validator(mode="after")
+    def _gated_figures_exist(self) -> PipelineConfig:
+        gated = set(GATED_STAGES)
+        named = [*self.gate.thresholds, *(f for bars in self.gate.variant_thresholds.values() for f in bars)]
+        unknown = sorted({figure for figure in named if figure.partition(".")[0] not in gated})
+        if unknown:
+            raise ValueError(f"gate threshold {unknown[0]!r}: the gate reads figures of {', '.join(sorted(gated))}, "
+                             f"not {unknown[0].partition('.')[0]!r}")
         return self
 
     def section(self, spec: StageSpec) -> StageConfig:
@@ -182,6 +194,28 @@ STAGES: list[StageSpec] = [
         resumable=True,
     ),
 ]
+# The gate checks every variant's final model against thresholds and the champion, and registers it.
+# Its inputs are the stages whose summaries hold the figures it checks; ``model`` is the final one.
+_FINAL_MODEL = {TEACHER: "rl", **{student: "dpo" for student in STUDENTS}}
+_GATE_FIGURES = {TEACHER: ("sft",), **{student: ("midtrain", "sft", "rl") for student in STUDENTS}}
+STAGES += [
+    StageSpec(
+        name="gate",
+        summary="check the final model's figures against thresholds and the champion; register it as candidate",
+        config_type=GateConfig,
+        config_section="gate",
+        variant=variant,
+        inputs={"model": Input("the variant's final model (Hugging Face export in hf/)",
+                               from_stage=f"{variant}.{_FINAL_MODEL[variant]}"),
+                **{name: Input(f"the {name} output, whose summary holds figures the gate checks",
+                               from_stage=f"{variant}.{name}") for name in _GATE_FIGURES[variant]}},
+        resources=Resources(cpu="2", memory="8Gi"),
+    )
+    for variant in VARIANTS
+]
+# The stages whose figures a gate threshold may name.
+GATED_STAGES: tuple[str, ...] = tuple(dict.fromkeys(
+    name for variant in VARIANTS for name in (*_GATE_FIGURES[variant], _FINAL_MODEL[variant])))
 STAGES_BY_ID: dict[str, StageSpec] = {spec.id: spec for spec in STAGES}
 # Stage names, each once (pretrain runs per variant): what a user selects and `herd stage` takes.
 STAGE_NAMES: list[str] = list(dict.fromkeys(spec.name for spec in STAGES))

@@ -10,6 +10,7 @@
     python -m tasks.datamix --run r1 --config nano     # the same, per stage
     herd launch --nproc 2 -- stage pretrain ...        # every rank of this node (torchrun); see tasks/runtime/launch.py
     herd safety cyberseceval --benchmark mitre-frr --dataset URI --out URI --target MODEL  # see tasks/safety/cli.py
+    herd registry promote --run r1 --gate URI     # champion or not, after a gate; see tasks/registry/cli.py
 
 Exit status: 0 done or skipped, 1 the stage failed, 2 bad arguments, config or input.
 """
@@ -112,9 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     end.add_argument("--run", required=True)
     end.add_argument("--out", default="")
     end.add_argument("--status", choices=["success", "failed"], default="success")
+    from tasks.registry.cli import add_registry_parser
     from tasks.safety.cli import add_safety_parser
 
     add_safety_parser(sub)
+    add_registry_parser(sub, _add_config_args)
     # Listed for --help only: main() hands everything after "launch" to tasks.runtime.launch.
     sub.add_parser("launch", add_help=False, help="run a herd command on every rank of this node (torchrun-style)")
     return parser
@@ -252,6 +255,10 @@ def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
 
             print(format_tables(ablate(_config(args), _root(args), args.only, args.seeds)))
             return 0
+        if args.command == "registry":
+            from tasks.registry.cli import run_registry
+
+            return run_registry(args, _config)
         if args.command == "safety":
             from tasks.safety.cli import run_safety
 

@@ -58,7 +58,8 @@ def test_dag_shape_tags_and_retries():
     assert {"herd", "llama4"} <= set(dag.tags)
     assert dag.schedule is None or str(dag.timetable.summary) == "None"
     ids = {t.task_id for t in dag.tasks}
-    assert ids == {"begin", *(spec.id for spec in STAGES), "finish", "finish_failed"}
+    promotions = {f"{spec.variant}.promote" for spec in STAGES if spec.name == "gate"}
+    assert ids == {"begin", *(spec.id for spec in STAGES), *promotions, "finish", "finish_failed"}
     assert dag.get_task("tokenizer").upstream_task_ids == {"datamix"}
     assert dag.get_task("datamix").upstream_task_ids == {"begin"}
     # One model task per variant, each variant a task group; the students mid-train after their pretraining.
@@ -76,6 +77,12 @@ def test_dag_shape_tags_and_retries():
     assert dag.get_task("behemoth.sft").upstream_task_ids == {"behemoth.pretrain", "tokenizer", "problems"}
     assert dag.get_task("maverick.dpo").upstream_task_ids == {"maverick.rl", "tokenizer", "problems"}
     assert "behemoth.dpo" not in ids and "behemoth.rl" in ids
+    # Each variant's final model is gated, then promoted or not; the run ends after every promotion.
+    assert dag.get_task("scout.gate").upstream_task_ids == {"scout.dpo", "scout.midtrain", "scout.sft", "scout.rl"}
+    assert dag.get_task("behemoth.gate").upstream_task_ids == {"behemoth.rl", "behemoth.sft"}
+    assert promotions == {"behemoth.promote", "scout.promote", "maverick.promote"}
+    assert dag.get_task("maverick.promote").upstream_task_ids == {"maverick.gate"}
+    assert promotions <= dag.get_task("finish").upstream_task_ids
     assert set(dag.task_group.children) >= {"behemoth", "scout", "maverick"}
     arguments = dag.get_task("maverick.midtrain").arguments
     assert arguments[arguments.index("--variant") + 1] == "maverick"
@@ -99,6 +106,9 @@ def _validated(dag, conf: dict) -> dict:
     ({"overrides": {"datamix.min_charz": 3}}, "min_charz"),
     ({"overrides": {"datamix.min_chars": "many"}}, "many"),
     ({"overrides": {"datamix.unicode_form": "NFD"}}, "NFD"),
+    ({"overrides": {"gate.champion_tolerance": "loose"}}, "loose"),
+    ({"gate_override": {"variants": ["scout"], "reason": ""}}, "minLength"),
+    ({"gate_override": {"variants": ["llama"], "reason": "because the figures are fine"}}, "llama"),
 ])
 def test_bad_params_are_refused_at_trigger(conf, fragment):
     from airflow.exceptions import ParamValidationError
@@ -113,8 +123,10 @@ def test_good_params_pass():
     dag = _load_dag()
     values = _validated(dag, {"preset": "small", "languages": ["eng", "fra"], "stages": ["tokenizer"],
                               "overrides": {"datamix.min_chars": 60, "tokenizer.vocab_size": 4096},
-                              "corpus": "s3://bucket/raw/"})
+                              "corpus": "s3://bucket/raw/",
+                              "gate_override": {"variants": ["scout"], "reason": "FRR regression accepted, ticket 42"}})
     assert values["preset"] == "small" and values["overrides"]["datamix.min_chars"] == 60
+    assert values["gate_override"]["variants"] == ["scout"]
 
 
 def test_stage_arguments_render_from_params():

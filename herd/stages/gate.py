@@ -1,0 +1,84 @@
+"""Config of the ``gate`` stage: the bars a candidate model must clear before it may become champion.
+
+A figure is ``<stage>.<metric>``: a metric of the summary (``step.json`` ``metrics``) of one
+of the gate's input stages, named as MLflow names it (``pass@1`` -> ``pass_at_1``), e.g.
+``sft.pruned_hard_pass1``, ``rl.last_pass_at_1``, ``safety.prompt_injection_success_rate``.
+Each figure has one bar, ``{"min": x}`` (higher is better) or ``{"max": y}`` (lower is
+better), and must also be no worse than the current champion's value of the same figure by
+more than ``champion_tolerance`` (in the figure's own units; a bar may set its own).
+
+The defaults bar regressions: their absolute floors are zero, so on a first run (no
+champion) they check only that every figure was produced. A team puts its absolute bars
+in its config file. Every field here changes the verdict, so every field moves the
+gate's output hash; overriding a failed gate is not config but a decision taken at
+promotion time (``herd registry promote --override-reason``), recorded on the model version.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from herd.config import StageConfig
+from herd.stages.models import VARIANTS
+
+FIGURE = re.compile(r"^[a-z][a-z0-9_]*\.[\w\-. :/]+$")
+
+
+class Threshold(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min: float | None = Field(None, description="The figure must be at least this; higher is better.")
+    max: float | None = Field(None, description="The figure must be at most this; lower is better.")
+    tolerance: float | None = Field(None, ge=0, description="This figure's champion tolerance "
+                                                            "(default: the gate's champion_tolerance).")
+
+    @model_validator(mode="after")
+    def _one_bar(self) -> Threshold:
+        if (self.min is None) == (self.max is None):
+            raise ValueError("a threshold is {\"min\": x} or {\"max\": y}: exactly one, which also says "
+                             "which way is better")
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.min is not None
+
+    @property
+    def bar(self) -> float:
+        return self.min if self.min is not None else self.max  # type: ignore[return-value]
+
+
+def _floors(*figures: str) -> dict[str, Threshold]:
+    return {figure: Threshold(min=0.0) for figure in figures}
+
+
+class GateConfig(StageConfig):
+    thresholds: dict[str, Threshold] = Field(
+        default_factory=lambda: _floors("sft.pruned_hard_pass1", "sft.pruned_hard_reward", "rl.last_pass_at_1",
+                                        "rl.last_reward", "dpo.final_accuracy", "midtrain.recall_at_trained_length"),
+        description='{"<stage>.<metric>": {"min": x} | {"max": y}}, for every variant.')
+    variant_thresholds: dict[str, dict[str, Threshold]] = Field(
+        default_factory=dict, description="Per variant, thresholds that replace or add to `thresholds`.")
+    champion_tolerance: float = Field(0.02, ge=0, description="How much worse than the champion a figure may "
+                                                              "be, in its own units.")
+    model_name: str = Field("herd-{variant}", pattern=r"^[A-Za-z0-9][\w.{}-]*$",
+                            description="The registered model of a variant in the MLflow Model Registry.")
+
+    @model_validator(mode="after")
+    def _figures(self) -> GateConfig:
+        named = [*self.thresholds, *(f for bars in self.variant_thresholds.values() for f in bars)]
+        bad = [figure for figure in named if not FIGURE.match(figure)]
+        if bad:
+            raise ValueError(f"threshold {bad[0]!r} is not <stage>.<metric> (e.g. sft.pruned_hard_pass1)")
+        unknown = sorted(set(self.variant_thresholds) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"variant_thresholds: unknown variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}")
+        return self
+
+    def for_variant(self, variant: str) -> dict[str, Threshold]:
+        return {**self.thresholds, **self.variant_thresholds.get(variant, {})}
+
+    def registered_model(self, variant: str) -> str:
+        return self.model_name.replace("{variant}", variant)
