@@ -108,7 +108,9 @@ _PRETRAIN = dict(
     resources=Resources(cpu="32", memory="480Gi", gpus=8, shm="64Gi"),
     resumable=True,
 )
-_PRETRAIN_INPUTS = {"tokens": Input("the tokenizer output (token shards and tokenizer)", from_stage="tokenizer")}
+_PRETRAIN_INPUTS = {"tokens": Input("the tokenizer output (token shards and tokenizer)", from_stage="tokenizer"),
+                    # Retraining continues from the variant's champion instead of random weights.
+                    "init": Input("a model output to start from instead of random weights", optional=True)}
 
 STAGES: list[StageSpec] = [
     StageSpec(
@@ -124,7 +126,10 @@ STAGES: list[StageSpec] = [
         summary="train a byte-level BPE with Llama 4 special tokens and write packed token shards",
         config_type=TokenizerConfig,
         config_section="tokenizer",
-        inputs={"mix": Input("the datamix output", from_stage="datamix")},
+        inputs={"mix": Input("the datamix output", from_stage="datamix"),
+                # Retraining keeps the champion's tokenizer: continued pretraining needs its token ids.
+                "base": Input("a tokenizer or model output whose tokenizer to keep instead of training one",
+                              optional=True)},
         resources=Resources(cpu="4", memory="16Gi"),
     ),
     # The teacher pretrains first; its top-k over the students' windows is cached once

@@ -6,6 +6,7 @@ Same real MLflow store as test_gate (sqlite and artifacts under a shared HERD_HO
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,37 @@ def test_evaluate_a_registered_version_by_alias(gates, client, tmp_path):
     tags = client.get_model_version(gates.name, "1").tags
     assert tags["herd.eval.items"] == "4" and tags["herd.eval.mlflow_run"] == result["mlflow_run"]
     assert tags["herd.eval.problems"] == str(problems)
+
+
+def test_retraining_starts_from_the_champions_weights_and_tokenizer(gates, client, export, tmp_path):
+    from test_rl import tiny_model
+
+    from tasks.model.artifacts import load_model
+    from tasks.pretrain.stage import _start_from
+    from tasks.registry.cli import champion_output
+    from tasks.runtime.step import InputError
+    from tasks.tokenizer.stage import _base_tokenizer
+
+    config = gates.config()
+    assert champion_output(client, config, ["scout"]) == ""  # no champion yet: pretraining starts from scratch
+    step, report = gates.run(GOOD)
+    promote(client, step["output"], "r1")
+    init = champion_output(client, config, ["behemoth", "scout"])  # the first variant that has a champion
+    assert init == report["inputs"]["model"]
+
+    tokenizer = _base_tokenizer(init, tmp_path / "base")  # the tokenizer stage keeps the champion's
+    assert tokenizer.get_vocab_size(with_added_tokens=True) == load_model(export).config.vocab_size
+    fresh = tiny_model(tokenizer.get_vocab_size(with_added_tokens=True), seed=7)
+    _start_from(fresh, init, export / "tokenizer", tmp_path / "init")
+    for name, tensor in load_model(export).state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name
+
+    other = tmp_path / "other-tokenizer"
+    other.mkdir()
+    raw = json.loads((export / "tokenizer" / "tokenizer.json").read_text())
+    raw["added_tokens"] = raw["added_tokens"][:-1]
+    (other / "tokenizer.json").write_text(json.dumps(raw))
+    with pytest.raises(InputError, match="another tokenizer"):
+        _start_from(fresh, init, other, tmp_path / "init2")
+    with pytest.raises(InputError, match="does not fit"):
+        _start_from(tiny_model(fresh.config.vocab_size, dim=64), init, export / "tokenizer", tmp_path / "init3")

@@ -14,13 +14,20 @@ The students (Scout, Maverick) co-distil from the teacher as ``codistill`` says:
 cache stage ``codistill`` wrote (``teacher_cache``), or from the teacher's forward pass
 (``teacher``, ``teacher_source=online``); the soft weights' distribution over training
 goes to ``reports/codistill_weights.csv`` and a plot.
+
+With ``--in init=URI`` (a model stage's output: retraining from the champion) training starts
+from that model's weights instead of random ones; it must have this variant's shapes and
+have been trained with this tokenizer (the tokenizer stage keeps one with ``--in base=``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
+
+from safetensors.torch import load_file
 
 from herd.model import model_preset
 from herd.stages.codistill import CodistillConfig
@@ -28,7 +35,7 @@ from herd.stages.pretrain import PretrainConfig
 from tasks.codistill.cache import CachedTeacherWindows, OnlineTeacherWindows, TeacherCache, cache_files
 from tasks.codistill.objective import CodistillObjective, make_objective
 from tasks.codistill.stage import needs_cache
-from tasks.model.artifacts import load_model, write_model
+from tasks.model.artifacts import WEIGHTS, load_model, model_files, write_model
 from tasks.model.inputs import model_dir, tokenizer_dir
 from tasks.model.info import model_info
 from tasks.pretrain.batch import BatchSource
@@ -59,6 +66,8 @@ def run(ctx) -> dict:
                  ctx.model_preset, info["total_params"] / 1e6, info["active_params"] / 1e6, throughput.peak_flops / 1e9)
         remote = ctx.output_uri if storage.is_s3(ctx.output_uri) else None
         model = new_model(model_config, config)
+        if "init" in ctx.inputs:
+            _start_from(model, ctx.inputs["init"], tokenizer.folder, Path(tmp) / "init")
         batches, objective = _data_and_objective(ctx, tokenizer.tokens, Path(tmp))
         history = train(model, config, batches, ctx.workdir,
                         lambda step, metrics: ctx.tracker.log_metrics(metrics, step=step),
@@ -80,8 +89,26 @@ def run(ctx) -> dict:
         "tokens_seen": config.steps * config.batch_size * config.seq_len,
         "cpu_matmul_peak_gflops": round(throughput.peak_flops / 1e9, 2) if device.type == "cpu" else None,
         "codistill": _codistill_mode(ctx),
+        "init": ctx.inputs.get("init", ""),
         **training_summary(history),
     }
+
+
+def _start_from(model, uri: str, tokenizer_folder: Path, scratch: Path) -> None:
+    """Load another run's weights into ``model``: same shapes, and the same tokenizer, or token ids lose their meaning."""
+    folder = storage.localize(uri, scratch, lambda relative: model_files(relative) or relative == "hf/tokenizer.json")
+    theirs = folder / "hf" / "tokenizer.json"
+    if not theirs.exists() or json.loads(theirs.read_text()) != json.loads((tokenizer_folder / "tokenizer.json").read_text()):
+        raise InputError(f"init={uri} was trained with another tokenizer than this run's: give the tokenizer "
+                         f"stage --in base={uri} so that it keeps that model's tokenizer")
+    state, expected = load_file(str(folder / WEIGHTS)), model.state_dict()
+    problems = sorted(set(state) ^ set(expected))
+    problems += [f"{name} {tuple(state[name].shape)} (init) vs {tuple(tensor.shape)}" for name, tensor in expected.items()
+                 if name in state and state[name].shape != tensor.shape]
+    if problems:
+        raise InputError(f"init={uri} does not fit this variant's model preset: {'; '.join(problems[:5])}")
+    model.load_state_dict(state, strict=True)
+    log.info("pretrain: starting from the weights of %s", uri)
 
 
 def _codistill_mode(ctx) -> str:

@@ -144,8 +144,12 @@ def plan(config: PipelineConfig, artifact_root: str, external: dict[str, str]) -
             if slot.from_stage:
                 hashes[key] = planned[slot.from_stage].digest
             else:
-                uri = resolve_inputs(spec, {k: v for k, v in external.items() if k in spec.inputs})[key]
+                uri = external.get(key) or (default_corpus() if key in SEED_CORPUS_INPUTS else "")
+                if not uri and slot.optional:
+                    continue  # left out, as a run leaves it out
                 try:
+                    if not uri:
+                        raise InputError(f"stage {spec.name} needs --in {key}=URI")
                     hashes[key] = input_hash(spec, key, uri)
                 except InputError:  # a plan still shows the other stages; running this one will say why
                     hashes[key] = f"missing:{uri}"

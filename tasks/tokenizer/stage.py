@@ -6,6 +6,10 @@ with Llama 4's special tokens and chat template, then the mix as packed token sh
 Outputs: ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``
 (``transformers.PreTrainedTokenizerFast.from_pretrained(output)`` loads them),
 ``tokens/`` (see :mod:`tasks.tokenizer.encode`), ``reports/fertility.csv``.
+
+With ``--in base=URI`` (a tokenizer output, or a model output with the tokenizer in its
+``hf/``) the tokenizer is that one, not trained: retraining from a champion must keep its
+token ids. Only the shards are encoded anew.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from tokenizers import Tokenizer
+
 from herd.stages.tokenizer import TokenizerConfig
 from tasks import languages
 from tasks.runtime import storage
 from tasks.runtime.reports import log_csv
+from tasks.runtime.step import InputError
 from tasks.tokenizer.encode import encode_shards
 from tasks.tokenizer.train import balanced_sample, save_for_transformers, train_tokenizer
 
@@ -79,13 +86,24 @@ def _log_fertility(ctx, rows: list[dict]) -> None:
     ctx.tracker.log_plot("fertility.png", draw)
 
 
+def _base_tokenizer(uri: str, scratch: Path) -> Tokenizer:
+    names = ("tokenizer.json", "hf/tokenizer.json")
+    folder = storage.localize(uri, scratch, lambda relative: relative in names)
+    found = next((folder / name for name in names if (folder / name).exists()), None)
+    if found is None:
+        raise InputError(f"base={uri} holds no tokenizer.json (nor hf/tokenizer.json)")
+    log.info("tokenizer: keeping the tokenizer of %s", uri)
+    return Tokenizer.from_file(str(found))
+
+
 def run(ctx) -> dict:
     config: TokenizerConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-tokenizer-") as tmp:
         shards = _local_shards(ctx.inputs["mix"], Path(tmp))
         sample = balanced_sample(_docs(shards), config)
         log.info("tokenizer: training on %d languages, %d characters", len(sample.train), sum(sample.train_chars.values()))
-        tokenizer = train_tokenizer(sample, config)
+        tokenizer = (_base_tokenizer(ctx.inputs["base"], Path(tmp) / "base") if "base" in ctx.inputs
+                     else train_tokenizer(sample, config))
         save_for_transformers(tokenizer, ctx.workdir)
         fertility = _fertility(tokenizer, sample.held_out)
         index = encode_shards(tokenizer, shards, ctx.workdir / "tokens", config.batch_docs)
@@ -104,6 +122,7 @@ def run(ctx) -> dict:
         "fertility_languages": len(fertility),
         "tokens_per_char_median": round(statistics.median(per_char), 4) if per_char else None,
         "tokens_per_char_max": max(per_char) if per_char else None,
+        "base": ctx.inputs.get("base", ""),
     }
     ctx.tracker.log_metrics({k: v for k, v in metrics.items() if v is not None})
     log.info("tokenizer: vocab %d, %d tokens in %d shards", metrics["vocab_size"], metrics["tokens_total"], len(index["shards"]))
