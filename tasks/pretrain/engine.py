@@ -102,7 +102,12 @@ class DeepSpeedEngine:
         self.step_count = 0
 
     def __call__(self, tokens: torch.Tensor):
-        return self.engine(tokens)
+        # ZeRO-3 frees each gathered weight once its module has run; autocast's weight cache
+        # would keep a bf16 copy of every one until the forward ends: the whole model, unsharded.
+        device = tokens.device.type
+        with torch.autocast(device, dtype=torch.get_autocast_dtype(device), enabled=torch.is_autocast_enabled(device),
+                            cache_enabled=False):
+            return self.engine(tokens)
 
     def backward_and_step(self, loss: torch.Tensor) -> float:
         factor = self.schedule(self.step_count)
