@@ -122,8 +122,7 @@ def run(ctx) -> dict:
         "fertility_languages": len(fertility),
         "tokens_per_char_median": round(statistics.median(per_char), 4) if per_char else None,
         "tokens_per_char_max": max(per_char) if per_char else None,
-        "base": ctx.inputs.get("base", ""),
     }
     ctx.tracker.log_metrics({k: v for k, v in metrics.items() if v is not None})
     log.info("tokenizer: vocab %d, %d tokens in %d shards", metrics["vocab_size"], metrics["tokens_total"], len(index["shards"]))
-    return metrics
+    return {**metrics, "base": ctx.inputs.get("base", "")}
