@@ -201,8 +201,11 @@ STAGES: list[StageSpec] = [
 ]
 # The gate checks every variant's final model against thresholds and the champion, and registers it.
 # Its inputs are the stages whose summaries hold the figures it checks; ``model`` is the final one.
+# A variant's safety stage, once there is one, feeds its gate as well.
 _FINAL_MODEL = {TEACHER: "rl", **{student: "dpo" for student in STUDENTS}}
-_GATE_FIGURES = {TEACHER: ("sft",), **{student: ("midtrain", "sft", "rl") for student in STUDENTS}}
+_GATE_FIGURES = {variant: tuple(name for name in ("midtrain", "sft", "rl", "safety")
+                                if name != _FINAL_MODEL[variant] and any(s.id == f"{variant}.{name}" for s in STAGES))
+                 for variant in VARIANTS}
 STAGES += [
     StageSpec(
         name="gate",

@@ -78,8 +78,11 @@ def test_dag_shape_tags_and_retries():
     assert dag.get_task("maverick.dpo").upstream_task_ids == {"maverick.rl", "tokenizer", "problems"}
     assert "behemoth.dpo" not in ids and "behemoth.rl" in ids
     # Each variant's final model is gated, then promoted or not; the run ends after every promotion.
-    assert dag.get_task("scout.gate").upstream_task_ids == {"scout.dpo", "scout.midtrain", "scout.sft", "scout.rl"}
-    assert dag.get_task("behemoth.gate").upstream_task_ids == {"behemoth.rl", "behemoth.sft"}
+    # A variant's safety stage, when the pipeline has one, feeds its gate too.
+    safety = {variant: {f"{variant}.safety"} & ids for variant in ("behemoth", "scout")}
+    assert dag.get_task("scout.gate").upstream_task_ids == {"scout.dpo", "scout.midtrain", "scout.sft", "scout.rl",
+                                                            *safety["scout"]}
+    assert dag.get_task("behemoth.gate").upstream_task_ids == {"behemoth.rl", "behemoth.sft", *safety["behemoth"]}
     assert promotions == {"behemoth.promote", "scout.promote", "maverick.promote"}
     assert dag.get_task("maverick.promote").upstream_task_ids == {"maverick.gate"}
     assert promotions <= dag.get_task("finish").upstream_task_ids
