@@ -10,11 +10,13 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from herd.stage import StageSpec
+from herd.stage import Resources, StageSpec
 from herd.stages.models import VARIANTS
 from herd_airflow.factory import command_task, config_arguments
 
 OVERRIDE_PARAM = "gate_override"
+# Evaluation generates with the model: one GPU on Kubernetes (the local backend ignores this).
+EVALUATION = Resources(cpu="8", memory="64Gi", gpus=1, shm="8Gi")
 
 
 def gate_override_param() -> Param:
@@ -62,5 +64,5 @@ def evaluate_task(task_id: str = "evaluate", **kwargs: Any):
     """Evaluate the registered version the run's params name."""
     arguments = ["registry", "evaluate", "--run", "{{ run_id }}", "--model", "{{ params.model }}",
                  "--version", "{{ params.version }}", "--problems={{ params.problems }}", *config_arguments()]
-    return command_task(task_id, arguments, returns_output=True,
+    return command_task(task_id, arguments, EVALUATION, returns_output=True,
                         doc_md="The problems' held-out set through the registered version, per capability.", **kwargs)

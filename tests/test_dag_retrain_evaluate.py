@@ -183,3 +183,23 @@ def test_evaluate_dag_runs_on_a_registered_tiny_model(gates):
     assert evaluation.data.tags["herd.run_id"] == run.run_id and evaluation.data.metrics["eval/items"] == 3
     parent = tracking.find_parent(client, run.run_id)
     assert parent is not None and parent.info.status == "FINISHED"
+
+
+def test_every_retrain_and_evaluate_task_renders_a_valid_pod(monkeypatch):
+    import kubernetes_validate
+    from test_kubernetes_pods import KUBERNETES_VERSION, _assert_restricted, _render
+
+    monkeypatch.setenv("HERD_BACKEND", "kubernetes")
+    monkeypatch.setenv("HERD_K8S_IMAGE", "registry.internal/herd-trainer:0.1.0")
+    bag = _bag()
+    for dag_id in ("llama4_retrain", "llama4_evaluate"):
+        for task in bag.dags[dag_id].tasks:
+            manifest = _render(task)
+            kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+            _assert_restricted(manifest)
+    # Tasks whose output the next ones read hand it over through the XCom file.
+    for task_id in ("scout.champion", "tokenizer_base", "scout.promote"):
+        args = _render(bag.dags["llama4_retrain"].get_task(task_id))["spec"]["containers"][0]["args"]
+        assert args[0] == "registry" and args[-2:] == ["--xcom-file", "/airflow/xcom/return.json"]
+    evaluate = _render(bag.dags["llama4_evaluate"].get_task("evaluate"))["spec"]["containers"][0]
+    assert evaluate["args"][:2] == ["registry", "evaluate"] and evaluate["resources"]["limits"]["nvidia.com/gpu"] == "1"
