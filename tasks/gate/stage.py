@@ -39,12 +39,8 @@ REPORT_CSV = "reports/gate.csv"
 
 
 def read_steps(inputs: dict[str, str]) -> dict[str, dict]:
-    """The inputs' step records, by stage name (the ``model`` input under its own stage's name)."""
-    steps = {}
-    for uri in inputs.values():
-        step = json.loads(storage.read_text(storage.join(uri, STEP_FILE)))
-        steps[step["stage"]] = step
-    return steps
+    """The inputs' step records, by input name."""
+    return {key: json.loads(storage.read_text(storage.join(uri, STEP_FILE))) for key, uri in inputs.items()}
 
 
 def run(ctx) -> dict:
@@ -53,11 +49,13 @@ def run(ctx) -> dict:
     client = ctx.tracker.client
     name = config.registered_model(variant)
     steps = read_steps(ctx.inputs)
-    final = json.loads(storage.read_text(storage.join(ctx.inputs["model"], STEP_FILE)))
-    candidate = figures_of({stage: step["metrics"] for stage, step in steps.items()})
+    final = steps["model"]
+    # Figures are named by the stage that reported them: the model input is "dpo" or "rl".
+    by_stage = {step["stage"]: step["metrics"] for step in steps.values()}
+    candidate = figures_of(by_stage)
     champion = versions.by_alias(client, name, versions.CHAMPION)
     champion_figures = versions.figures(champion) if champion is not None else None
-    rows = judge(config.for_variant(variant), config.champion_tolerance, candidate, champion_figures, set(steps))
+    rows = judge(config.for_variant(variant), config.champion_tolerance, candidate, champion_figures, set(by_stage))
     outcome, failures = verdict(rows), failed(rows)
     for row in rows:
         log.info("gate %s: %-40s %-4s candidate %s champion %s: %s", variant, row.figure, row.verdict.upper(),
