@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="herd-test-airflow-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+# As tasks/__init__.py says: before any test imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # A small, varied slice of the real corpus: scripts Latin, Cyrillic, Arabic, Devanagari, Han,
 # plus languages CLD2 cannot identify (kept on their label).
 SUBSET = ["eng", "fra", "deu", "spa", "rus", "arb", "hin", "cmn", "swh", "yor", "cri", "quz"]
