@@ -101,17 +101,20 @@ def teacher_log_probs(teacher: Llama4, tokens_BS1: torch.Tensor) -> torch.Tensor
 
 
 def build_cache(teacher: Llama4, tokens_dir: Path, seq_len: int, top_k: int, out_dir: Path,
-                steps: int | None = None, batch_size: int = 1, seed: int = 0, teacher_hash: str = "",
-                forward_batch: int = 8) -> dict:
+                steps: int | None = None, batch_size: int = 1, seed: int | tuple[int, ...] = 0,
+                teacher_hash: str = "", forward_batch: int = 8, exclude_shards: tuple[int, ...] = ()) -> dict:
     """Write the teacher's top-k for the windows a student run reads (see the module docstring); the index.
 
-    ``tokens_dir`` is the tokenizer output's ``tokens/`` folder; ``steps``, ``batch_size`` and
-    ``seed`` are the students' (None steps: every window). ``teacher_hash`` is the teacher
-    artifact's output hash, recorded so a reader can tell which teacher wrote the cache.
+    ``tokens_dir`` is the tokenizer output's ``tokens/`` folder; ``steps``, ``batch_size``,
+    ``seed`` and ``exclude_shards`` are the students' (None steps: every window; several seeds:
+    the windows any of their runs reads). ``teacher_hash`` is the teacher artifact's output
+    hash, recorded so a reader can tell which teacher wrote the cache.
     """
     if top_k > teacher.config.vocab_size:
         raise ValueError(f"top_k {top_k} exceeds the teacher's vocabulary ({teacher.config.vocab_size})")
-    windows = KeyedWindows(tokens_dir, seq_len, batch_size, seed)
+    seeds = (seed,) if isinstance(seed, int) else tuple(seed)
+    runs = [KeyedWindows(tokens_dir, seq_len, batch_size, s, exclude_shards) for s in seeds]
+    windows = runs[0]
     if windows.index["vocab_size"] != teacher.config.vocab_size:
         raise ValueError(f"the tokens' vocabulary ({windows.index['vocab_size']}) is not the teacher's "
                          f"({teacher.config.vocab_size}): a student and its teacher share one tokenizer")
@@ -120,7 +123,7 @@ def build_cache(teacher: Llama4, tokens_dir: Path, seq_len: int, top_k: int, out
     (folder / INDEX).unlink(missing_ok=True)
     teacher.eval()
     shards, mass = [], []
-    for shard, starts in windows.read_positions(steps).items():
+    for shard, starts in _union(run.read_positions(steps) for run in runs).items():
         ids, logprobs = [], []
         for first in range(0, len(starts), forward_batch):
             chunk = starts[first : first + forward_batch]
@@ -135,7 +138,8 @@ def build_cache(teacher: Llama4, tokens_dir: Path, seq_len: int, top_k: int, out
         shards.append({"shard": shard, "file": name, "windows": len(starts)})
         log.info("teacher cache: shard %d, %d windows", shard, len(starts))
     coverage = ("all" if steps is None or steps * batch_size >= len(windows.windows)
-                else {"steps": steps, "batch_size": batch_size, "seed": seed})
+                else {"steps": steps, "batch_size": batch_size, **({"seed": seed} if isinstance(seed, int)
+                                                                   else {"seeds": list(seeds)})})
     index = {
         "format": FORMAT,
         "teacher": teacher_hash,
@@ -151,6 +155,15 @@ def build_cache(teacher: Llama4, tokens_dir: Path, seq_len: int, top_k: int, out
     }
     (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return index
+
+
+def _union(runs) -> dict[int, list[int]]:
+    """Window starts per shard that any of the runs reads, sorted."""
+    by_shard: dict[int, set[int]] = defaultdict(set)
+    for positions in runs:
+        for shard, starts in positions.items():
+            by_shard[shard].update(starts)
+    return {shard: sorted(starts) for shard, starts in sorted(by_shard.items())}
 
 
 def build_student_cache(teacher: Llama4, tokens_dir: Path, out_dir: Path, codistill: CodistillConfig,

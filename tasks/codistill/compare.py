@@ -124,8 +124,10 @@ def compare(tokens_dir: Path, teacher: Llama4, student_config: ModelConfig, pret
     result = Comparison(heldout, heldout_loss(teacher, tokens_dir, pretrain.seq_len, heldout, heldout_windows))
     cache = None
     if codistill.teacher_source == "cache" and any(s != "none" for s in schemes):
+        # The windows the students' runs read, not every window: one teacher forward per window used.
         build_cache(teacher, tokens_dir, pretrain.seq_len, codistill.top_k, scratch / "teacher-cache",
-                    forward_batch=codistill.cache_batch_size)
+                    pretrain.steps, pretrain.batch_size, tuple(seeds), forward_batch=codistill.cache_batch_size,
+                    exclude_shards=heldout)
         cache = TeacherCache(scratch / "teacher-cache")
     for seed in seeds:
         config = pretrain.model_copy(update={"seed": seed})
