@@ -8,10 +8,11 @@
 Shape legend (the rest as in ``tasks/model/llama4.py``): P ranks in the group, L experts per
 rank (E/P), A rows this rank routes (sorted by expert), R rows that arrive at this rank.
 
-Rank r of the group holds experts [r*L, (r+1)*L). Everything else (attention, router, shared
-expert, norms, embeddings) stays replicated, so a MoE layer routes its own tokens as before;
-only the routed rows travel: to the rank holding their expert, through it, and back, with one
-``all_to_all`` each way (gloo and NCCL both implement it, uneven splits included). Backward
+Rank r of the group holds experts [r*L, (r+1)*L). Nothing else is split (attention, router,
+shared expert, norms and embeddings are data parallel as before), so a MoE layer routes its own
+tokens as before; only the routed rows travel: to the rank holding their expert, through it,
+and back, with one ``all_to_all`` each way after one of the per-expert counts (gloo and NCCL
+both implement it, uneven splits included). Backward
 sends the gradients the same way, so an expert's gradient on its rank sums the contributions of
 every rank's tokens: what one process holding all experts would compute for the sum of the
 ranks' losses (``tests/test_expert_parallel.py``).
