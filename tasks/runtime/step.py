@@ -237,13 +237,16 @@ def execute(
     remote = storage.is_s3(out)
     workdir = Path(tempfile.mkdtemp(prefix=f"herd-{name}-")) if remote else storage.local_path(out)
     workdir.mkdir(parents=True, exist_ok=True)
-    started, clock = _now(), time.monotonic()
+    started, clock, cpu_clock = _now(), time.monotonic(), time.process_time()
     log.info("%s: computing into %s (MLflow run %s)", label, out, tracker.run_id)
     try:
         module = importlib.import_module(f"tasks.{name}.stage")
         context = StageContext(spec, run_id, config, stage_config, inputs, out, workdir, tracker)
         summary = module.run(context) or {}
         wall = round(time.monotonic() - clock, 3)
+        # CPU time of the stage process (all its threads): on a shared machine the wall
+        # time says how busy the machine was, this says what the stage costs.
+        cpu_seconds = round(time.process_time() - cpu_clock, 3)
         gpu_hours = round(gpus_in_use() * wall / 3600, 6)
         step = {
             "stage": name,
@@ -261,6 +264,7 @@ def execute(
             "started_at": started,
             "finished_at": _now(),
             "wall_seconds": wall,
+            "cpu_seconds": cpu_seconds,
             "gpu_hours": gpu_hours,
             "metrics": summary,
             "mlflow_run_id": tracker.run_id,
@@ -269,7 +273,7 @@ def execute(
         if remote:
             storage.upload_tree(workdir, out)
         tracker.log_artifact(workdir / STEP_FILE)
-        tracker.log_metrics({"wall_seconds": wall, "gpu_hours": gpu_hours})
+        tracker.log_metrics({"wall_seconds": wall, "cpu_seconds": cpu_seconds, "gpu_hours": gpu_hours})
         storage.write_text(marker, json.dumps({"output_hash": digest, "finished_at": step["finished_at"]}) + "\n")
     except BaseException:
         tracker.end("FAILED")
