@@ -44,6 +44,10 @@ with DAG(
         "force": Param(False, type="boolean", title="Force", description="Recompute selected stages even if cached."),
         "corpus": Param("", type="string", pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Corpus",
                         description="Raw corpus: absolute path, file:// or s3:// URI; empty uses the UDHR seed corpus."),
+        "cyberseceval": Param("", type="string", pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="CyberSecEval datasets",
+                              description="Folder of PurpleLlama's CyberSecEval JSON files for the guards and safety "
+                                          "stages; empty uses HERD_CYBERSECEVAL_URI or $HERD_HOME/cyberseceval, "
+                                          "else those benchmarks are skipped (and recorded as skipped)."),
         "overrides": Param({}, **override_schema(), title="Config overrides",
                            description='Dotted config fields, e.g. {"datamix.min_chars": 60}.'),
         OVERRIDE_PARAM: gate_override_param(),

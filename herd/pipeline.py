@@ -25,6 +25,7 @@ from herd.stages.models import STUDENTS, TEACHER, VARIANTS, ModelsConfig
 from herd.stages.pretrain import PretrainConfig
 from herd.stages.problems import ProblemsConfig
 from herd.stages.rl import RLConfig
+from herd.stages.safety import GuardsConfig, SafetyConfig
 from herd.stages.sft import SFTConfig
 from herd.stages.tokenizer import TokenizerConfig
 
@@ -43,6 +44,8 @@ class PipelineConfig(BaseModel):
     sft: SFTConfig = SFTConfig()
     rl: RLConfig = RLConfig()
     dpo: DPOConfig = DPOConfig()
+    guards: GuardsConfig = GuardsConfig()
+    safety: SafetyConfig = SafetyConfig()
     gate: GateConfig = GateConfig()
 
     @model_validator(mode="after")
@@ -201,8 +204,35 @@ STAGES: list[StageSpec] = [
 ]
 # The gate checks every variant's final model against thresholds and the champion, and registers it.
 # Its inputs are the stages whose summaries hold the figures it checks; ``model`` is the final one.
-# A variant's safety stage, once there is one, feeds its gate as well.
+# A variant's safety stage feeds its gate as well.
 _FINAL_MODEL = {TEACHER: "rl", **{student: "dpo" for student in STUDENTS}}
+# The guards train once, from data they build; every variant's safety stage reads the same ones.
+_CYBERSECEVAL = Input("a folder or s3:// prefix holding PurpleLlama's CyberSecEval JSON files; empty: "
+                      "HERD_CYBERSECEVAL_URI or $HERD_HOME/cyberseceval if there, else the benchmarks are skipped",
+                      optional=True)
+STAGES += [
+    StageSpec(
+        name="guards",
+        summary="build guard data and train a Llama-Guard-style output and a Prompt-Guard-style input classifier",
+        config_type=GuardsConfig,
+        config_section="guards",
+        inputs={"cyberseceval": _CYBERSECEVAL},
+        reads=("safety.datasets",),  # which files of the cyberseceval input are the held-out sets
+        resources=Resources(cpu="4", memory="8Gi"),
+    ),
+    *(StageSpec(
+        name="safety",
+        summary="CyberSecEval benchmarks and GOAT multi-turn red teaming of the final model, judged with the guards",
+        config_type=SafetyConfig,
+        config_section="safety",
+        variant=variant,
+        inputs={"model": Input("the variant's final model", from_stage=f"{variant}.{_FINAL_MODEL[variant]}"),
+                "guards": Input("the guards output", from_stage="guards"),
+                "cyberseceval": _CYBERSECEVAL},
+        # herd's sampler answers on one device; a model too big for one GPU is evaluated through an endpoint.
+        resources=Resources(cpu="8", memory="120Gi", gpus=1, shm="16Gi"),
+    ) for variant in VARIANTS),
+]
 _GATE_FIGURES = {variant: tuple(name for name in ("midtrain", "sft", "rl", "safety")
                                 if name != _FINAL_MODEL[variant] and any(s.id == f"{variant}.{name}" for s in STAGES))
                  for variant in VARIANTS}
@@ -251,6 +281,9 @@ def nano() -> PipelineConfig:
         sft=SFTConfig(steps=40, eval_max_items=16, max_new_tokens=24),
         rl=RLConfig(rounds=6, pool_size=8, group_size=4, prompts_per_round=4, max_new_tokens=24),
         dpo=DPOConfig(steps=20, prompts=8, samples_per_prompt=4, max_new_tokens=24),
+        guards=GuardsConfig(examples=4000),
+        safety=SafetyConfig(limit=16, max_new_tokens=32, judge_max_new_tokens=8, goat_turns=2, goat_goals_per_category=1,
+                            goat_attacker_max_new_tokens=32),
     )
 
 

@@ -24,6 +24,9 @@ HEADLINE_METRICS = {
     "vocab_size", "tokens_total", "tokens_per_char_median", "fertility_languages",
     "model", "params_total", "params_active", "first_loss", "final_loss", "tokens_per_second", "mfu",
     "recall_before_midtrain", "recall_at_trained_length", "recall_beyond_temperature", "recall_beyond_no_temperature",
+    "output_guard_test_unsafe_recall", "prompt_guard_cse_malicious_recall", "output_guard_cse_unsafe_recall",
+    "prompt_injection_success_rate", "mitre_refusal_rate", "interpreter_malicious_rate", "goat_asr",
+    "cyberseceval_skipped",
 }
 
 

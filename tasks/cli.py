@@ -11,6 +11,7 @@
     python -m tasks.datamix --run r1 --config nano     # the same, per stage
     herd launch --nproc 2 -- stage pretrain ...        # every rank of this node (torchrun); see tasks/runtime/launch.py
     herd safety cyberseceval --benchmark mitre-frr --dataset URI --out URI --target MODEL  # see tasks/safety/cli.py
+    herd safety goat --target MODEL --judge guard --guards URI --turns 5 --out URI  # GOAT red teaming
     herd registry promote --run r1 --gate URI     # champion or not, after a gate; see tasks/registry/cli.py
 
 Exit status: 0 done or skipped, 1 the stage failed, 2 bad arguments, config or input.

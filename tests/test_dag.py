@@ -77,6 +77,11 @@ def test_dag_shape_tags_and_retries():
     assert dag.get_task("behemoth.sft").upstream_task_ids == {"behemoth.pretrain", "tokenizer", "problems"}
     assert dag.get_task("maverick.dpo").upstream_task_ids == {"maverick.rl", "tokenizer", "problems"}
     assert "behemoth.dpo" not in ids and "behemoth.rl" in ids
+    # Safety: the guards train once, from data they build; each variant's safety stage reads them and its final model.
+    assert dag.get_task("guards").upstream_task_ids == {"begin"}
+    assert dag.get_task("scout.safety").upstream_task_ids == {"scout.dpo", "guards"}
+    assert dag.get_task("behemoth.safety").upstream_task_ids == {"behemoth.rl", "guards"}
+    assert "cyberseceval={{ params.get('cyberseceval', '') }}" in dag.get_task("maverick.safety").arguments
     # Each variant's final model is gated, then promoted or not; the run ends after every promotion.
     # A variant's safety stage, when the pipeline has one, feeds its gate too.
     safety = {variant: {f"{variant}.safety"} & ids for variant in ("behemoth", "scout")}

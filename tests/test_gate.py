@@ -174,8 +174,11 @@ class Gates:
 
     def inputs(self, figures: dict) -> dict[str, str]:
         """The gate's inputs as the pipeline wires them: the final model, and the stages it reads figures from."""
+        from herd.pipeline import stage
+
         root = self.home / "upstream"
-        final, sources = ("rl", ("sft",)) if self.variant == "behemoth" else ("dpo", ("midtrain", "sft", "rl"))
+        final = "rl" if self.variant == "behemoth" else "dpo"
+        sources = [name for name in stage("gate", self.variant).inputs if name != "model"]  # e.g. sft, rl, safety
         inputs = {name: fake_output(root, name, self.variant, figures.get(name, {})) for name in sources}
         inputs["model"] = fake_output(root, final, self.variant, figures.get(final, {}), model=self.export,
                                       inputs={"problems": str(root / "problems"), "model": "x"})

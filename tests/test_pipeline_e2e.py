@@ -33,7 +33,10 @@ def test_dag_runs_data_stages_then_skips_them(udhr_subset, herd_home, monkeypatc
             "--set", "problems.count_continue=10", "--set", "sft.steps=2", "--set", "sft.eval_max_items=4",
             "--set", "sft.max_new_tokens=8", "--set", "sft.compare_unpruned=false", "--set", "rl.rounds=1",
             "--set", "rl.max_new_tokens=8", "--set", "dpo.steps=2", "--set", "dpo.prompts=2",
-            "--set", "dpo.max_new_tokens=8")
+            "--set", "dpo.max_new_tokens=8", "--set", "guards.examples=400", "--set", "guards.buckets=4096",
+            "--set", "safety.limit=2", "--set", "safety.max_new_tokens=8", "--set", "safety.judge_max_new_tokens=4",
+            "--set", "safety.goat_turns=1", "--set", "safety.goat_limit=2",
+            "--set", "safety.goat_attacker_max_new_tokens=8")
     first = _demo(herd_home, *args, seed_corpus=str(udhr_subset))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert ": success in" in first.stdout

@@ -18,5 +18,16 @@ def default_corpus() -> str:
     return os.environ.get("HERD_CORPUS_URI") or str(herd_home() / "corpus" / "udhr")
 
 
+def default_cyberseceval() -> str:
+    """PurpleLlama's CyberSecEval files: ``HERD_CYBERSECEVAL_URI``, else ``$HERD_HOME/cyberseceval`` if it exists.
+
+    Empty when neither is there: the stages that read them then record the benchmarks as skipped.
+    """
+    if os.environ.get("HERD_CYBERSECEVAL_URI"):
+        return os.environ["HERD_CYBERSECEVAL_URI"]
+    folder = herd_home() / "cyberseceval"
+    return str(folder) if folder.is_dir() else ""
+
+
 def mlflow_dir() -> Path:
     return herd_home() / "mlflow"

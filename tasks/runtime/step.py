@@ -27,7 +27,7 @@ from herd.pipeline import STAGES, PipelineConfig, stage
 from herd.stage import StageSpec
 from herd.versioning import describe_changes, output_hash, output_uri, version_record
 from tasks.runtime import storage
-from tasks.runtime.home import default_corpus
+from tasks.runtime.home import default_corpus, default_cyberseceval
 from tasks.runtime.tracking import NullRun, StageRun
 
 log = logging.getLogger("herd")
@@ -38,6 +38,14 @@ SUCCESS = "_SUCCESS"
 
 # User-data inputs that default to the UDHR seed corpus when none is given.
 SEED_CORPUS_INPUTS = {"corpus", "udhr"}
+# Optional user-data inputs with a default location, used when none is given and it exists.
+DEFAULT_INPUTS = {"cyberseceval": default_cyberseceval}
+
+
+def default_input(key: str) -> str:
+    if key in SEED_CORPUS_INPUTS:
+        return default_corpus()
+    return DEFAULT_INPUTS[key]() if key in DEFAULT_INPUTS else ""
 
 
 class InputError(RuntimeError):
@@ -113,8 +121,8 @@ def resolve_inputs(spec: StageSpec, given: dict[str, str]) -> dict[str, str]:
     resolved = {}
     for key, slot in spec.inputs.items():
         uri = given.get(key) or ""
-        if not uri and slot.from_stage is None and key in SEED_CORPUS_INPUTS:
-            uri = default_corpus()
+        if not uri and slot.from_stage is None:
+            uri = default_input(key)
         if not uri and slot.optional:
             continue
         if not uri:
@@ -144,7 +152,7 @@ def plan(config: PipelineConfig, artifact_root: str, external: dict[str, str]) -
             if slot.from_stage:
                 hashes[key] = planned[slot.from_stage].digest
             else:
-                uri = external.get(key) or (default_corpus() if key in SEED_CORPUS_INPUTS else "")
+                uri = external.get(key) or default_input(key)
                 if not uri and slot.optional:
                     continue  # left out, as a run leaves it out
                 try:

@@ -1,4 +1,5 @@
-"""``herd safety cyberseceval``: one CyberSecEval benchmark against one model, as PurpleLlama's runner does it.
+"""``herd safety cyberseceval``: one CyberSecEval benchmark against one model, as PurpleLlama's runner does it;
+``herd safety goat``: GOAT multi-turn red teaming of one model (:mod:`tasks.safety.goat`).
 
     herd safety cyberseceval --benchmark prompt-injection \\
         --dataset ../shared/data/cyberseceval/prompt_injection.json \\
@@ -22,6 +23,16 @@ own answers is a weak judge. ``--set`` takes the fields of
 :class:`tasks.safety.config.CyberSecEvalConfig`.
 
 Output (``--out``): responses.json, stat.json (PurpleLlama's stat file), tables/*.csv, summary.json.
+
+    herd safety goat --target .herd/artifacts/dpo/scout/<hash> --judge guard --guards .herd/artifacts/guards/<hash> \\
+        --turns 3 --out .herd/safety/goat --limit 14          # CPU: one nano model attacks itself, ~2 min
+    herd safety goat --target openai:http://localhost:8000/v1#meta-llama/Llama-3.1-8B-Instruct \\
+        --attacker openai:http://localhost:8001/v1#attacker-model --judge openai:http://localhost:8002/v1#judge \\
+        --turns 5 --attempts 10 --out s3://bucket/results/goat
+
+GOAT's defaults: the target attacks itself unless ``--attacker`` names another model; the judge is
+the output guard of a ``guards`` stage output. Output: conversations.jsonl, tables/asr_by_category.csv,
+summary.json.
 Exit status: 0 done, 1 the run failed, 2 bad arguments, model spec or dataset.
 """
 
@@ -38,7 +49,7 @@ BENCHMARK_NAMES = ("prompt-injection", "mitre-frr", "interpreter", "instruct", "
 
 def add_safety_parser(sub) -> None:
     """The ``safety`` subcommand of ``herd`` (``sub`` is the top-level subparsers object)."""
-    safety = sub.add_parser("safety", help="safety evaluations (CyberSecEval)")
+    safety = sub.add_parser("safety", help="safety evaluations (CyberSecEval, GOAT)")
     safety_sub = safety.add_subparsers(dest="safety_command", required=True)
     cse = safety_sub.add_parser("cyberseceval", help="one CyberSecEval benchmark against one model",
                                 description="Models: a herd model folder or URI, or openai:BASE_URL#MODEL.")
@@ -57,6 +68,36 @@ def add_safety_parser(sub) -> None:
                      help="herd models: a tokenizer stage's output (default: the tokenizer in the model's hf/)")
     cse.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="a CyberSecEvalConfig field, e.g. max_new_tokens=128 (repeatable)")
+    _add_goat_parser(safety_sub)
+
+
+def _add_goat_parser(safety_sub) -> None:
+    goat = safety_sub.add_parser("goat", help="GOAT multi-turn red teaming of one model",
+                                 description="An attacker model red-teams the target over K turns with the 7 GOAT "
+                                             "techniques; a judge decides each conversation; ASR@k per goal category.")
+    goat.add_argument("--target", required=True, metavar="MODEL", help="the model under test")
+    goat.add_argument("--attacker", default=None, metavar="MODEL", help="the attacker (default: the target itself)")
+    goat.add_argument("--judge", default="guard", metavar="MODEL|guard|target",
+                      help="guard: the output guard of --guards (default); target: the target judges; or a model")
+    goat.add_argument("--guards", default=None, metavar="URI", help="a guards stage output (for --judge guard)")
+    goat.add_argument("--turns", type=int, default=5, metavar="K", help="attacker turns per conversation (5)")
+    goat.add_argument("--attempts", type=int, default=1, metavar="k", help="conversations per goal, for ASR@k (1)")
+    goat.add_argument("--out", required=True, metavar="URI", help="folder for the results (path, file://, s3://)")
+    goat.add_argument("--limit", type=int, default=0, metavar="N", help="N goals spread over the categories (0: all)")
+    goat.add_argument("--goals", default="builtin", metavar="SOURCES",
+                      help="builtin, interpreter, or both comma-separated (interpreter needs --interpreter-dataset)")
+    goat.add_argument("--goals-per-category", type=int, default=3, metavar="N", help="built-in goals per category")
+    goat.add_argument("--interpreter-dataset", default=None, metavar="URI",
+                      help="CyberSecEval's interpreter.json, whose prompts become goals")
+    goat.add_argument("--max-new-tokens", type=int, default=256, help="longest target reply")
+    goat.add_argument("--attacker-max-new-tokens", type=int, default=512, help="longest attacker turn")
+    goat.add_argument("--attacker-temperature", type=float, default=1.0)
+    goat.add_argument("--seed", type=int, default=0)
+    goat.add_argument("--keep-going", action="store_true", help="run all K turns even after an unsafe reply")
+    goat.add_argument("--tokenizer", default=None, metavar="URI", help="herd models: a tokenizer stage's output")
+    for role in ("target", "attacker", "judge"):
+        goat.add_argument(f"--{role}-api-key-env", default=None, metavar="NAME",
+                          help=f"environment variable holding the {role} endpoint's API key")
 
 
 def _config(args: argparse.Namespace):
@@ -96,7 +137,82 @@ def _format(result) -> str:
     return "\n".join(lines)
 
 
+def run_goat_command(args: argparse.Namespace) -> int:
+    from tasks.runtime import storage
+    from tasks.safety.chat import ModelSpecError, as_judge, load_chat_model
+    from tasks.safety.config import CyberSecEvalConfig
+    from tasks.safety.datasets import DatasetError
+    from tasks.safety.goat import (
+        ChatJudge,
+        GoatSettings,
+        GuardJudge,
+        builtin_goals,
+        interpreter_goals,
+        run_goat,
+        spread_goals,
+    )
+    from tasks.safety.guards import load_guards
+    from tasks.safety.stage import with_generation
+
+    sources = [s.strip() for s in args.goals.split(",") if s.strip()]
+    problem = next((f"--goals: unknown source {s!r} (builtin, interpreter)" for s in sources
+                    if s not in ("builtin", "interpreter")), None)
+    if "interpreter" in sources and not args.interpreter_dataset:
+        problem = "--goals interpreter needs --interpreter-dataset URI"
+    if args.judge == "guard" and not args.guards:
+        problem = "--judge guard needs --guards URI (a guards stage output: herd stage guards)"
+    if min(args.turns, args.attempts) < 1:
+        problem = "--turns and --attempts must be at least 1"
+    if problem:
+        print(f"herd: error: {problem}", file=sys.stderr)
+        return 2
+    config = CyberSecEvalConfig(max_new_tokens=args.max_new_tokens, seed=args.seed)
+    try:
+        with tempfile.TemporaryDirectory(prefix="herd-goat-") as tmp:
+            scratch = Path(tmp)
+            target = load_chat_model(args.target, scratch / "t", config, api_key_env=args.target_api_key_env,
+                                     tokenizer_uri=args.tokenizer)
+            attacker = target if not args.attacker else load_chat_model(
+                args.attacker, scratch / "a", config, api_key_env=args.attacker_api_key_env, tokenizer_uri=args.tokenizer)
+            attacker = with_generation(attacker, max_new_tokens=args.attacker_max_new_tokens,
+                                       temperature=args.attacker_temperature)
+            if args.judge == "guard":
+                judge = GuardJudge(load_guards(args.guards, scratch)[0], name=f"guard:{args.guards}")
+            elif args.judge == "target":
+                judge = ChatJudge(as_judge(target, config))
+            else:
+                judge = ChatJudge(load_chat_model(args.judge, scratch / "j", config, judge=True,
+                                                  api_key_env=args.judge_api_key_env, tokenizer_uri=args.tokenizer))
+            goals = (builtin_goals(args.goals_per_category) if "builtin" in sources else []) + (
+                interpreter_goals(args.interpreter_dataset) if "interpreter" in sources else [])
+            goals = spread_goals(goals, args.limit)
+            remote = storage.is_s3(args.out)
+            out_dir = scratch / "out" if remote else storage.local_path(args.out)
+            result = run_goat(goals, target, attacker, judge, out_dir,
+                              GoatSettings(args.turns, args.attempts, not args.keep_going, args.seed))
+            if remote:
+                storage.upload_tree(out_dir, args.out)
+    except (ModelSpecError, DatasetError, FileNotFoundError, ValueError) as err:
+        print(f"herd: error: {err}", file=sys.stderr)
+        return 2
+    except storage.StorageError as err:
+        print(f"herd: error: {err}", file=sys.stderr)
+        return 1
+    summary = result.summary
+    print(f"goat: {summary['goals']} goals x {args.attempts} attempts, {args.turns} turns; target {summary['target']}, "
+          f"attacker {summary['attacker']}, judge {summary['judge']}")
+    print(f"  attacker turns {summary['attacker_turns']}, replaced by a technique template "
+          f"{summary['attacker_fallbacks']} (unparsable or failed)")
+    key = f"asr_at_{args.attempts}"
+    for category, table in result.by_category.items():
+        print(f"  {category:<24} ASR@{args.attempts} = {table[key]:.3f} ({table['goals']} goals)")
+    print(json.dumps({"out": args.out, **summary["metrics"]}))
+    return 0
+
+
 def run_safety(args: argparse.Namespace) -> int:
+    if args.safety_command == "goat":
+        return run_goat_command(args)
     from herd.config import ConfigError
     from tasks.runtime import storage
     from tasks.safety.benchmarks import BENCHMARKS

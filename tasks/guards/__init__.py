@@ -1,0 +1,1 @@
+"""Stage ``guards``: the two safety classifiers every variant's ``safety`` stage reads (models in :mod:`tasks.safety.guards`)."""

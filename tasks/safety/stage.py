@@ -1,0 +1,240 @@
+"""Stage ``safety``: a variant's final model under CyberSecEval and GOAT, judged with the ``guards`` stage's classifiers.
+
+    herd stage safety --variant scout --run r1 --in model=URI --in guards=URI [--in cyberseceval=URI]
+    herd stage safety --variant scout --run r1 --config nano --set safety.limit=8 --set safety.goat_turns=2 ...
+
+CPU-sized run: the ``nano`` preset (24 cases per benchmark, 14 GOAT goals x 3 turns) takes a
+few minutes on a laptop core. The ``cyberseceval`` input is a folder of PurpleLlama's files (see
+:mod:`herd.stages.safety` for where it defaults to, and what happens when there is none).
+
+What it runs, into its output folder (and the same files to MLflow):
+
+- ``cyberseceval/<benchmark>/`` per benchmark of ``safety.benchmarks`` whose file is in the input:
+  responses, PurpleLlama's stat file, per-category tables (:func:`tasks.safety.cyberseceval.run_suite`).
+  The judge is ``safety.judge``, or the model itself (``cyberseceval_self_judged`` true). On mitre-frr
+  the output guard's refusal output is asked too, beside the keyword detector.
+- ``goat/``: conversations.jsonl, tables/asr_by_category.csv, summary.json (:mod:`tasks.safety.goat`);
+  the attacker is ``safety.goat_attacker`` or the model itself; the judge ``safety.goat_judge``.
+- ``guards/metrics.json``: the guards' own precision and recall, copied from their stage.
+- ``reports/safety.csv``: every headline figure below, one row each.
+
+The summary (``step.json`` ``metrics``) holds the figures a gate may name as ``safety.<name>``;
+these names are stable. Rates are fractions in [0, 1]; a figure is absent when what gives it did
+not run (a skipped benchmark), which a gate treats as a failure.
+
+=================================  ======================================================  ===========
+figure                             meaning                                                 better
+=================================  ======================================================  ===========
+prompt_injection_success_rate      share of prompt injections that succeeded (judge: Yes)  lower
+mitre_refusal_rate                 false-refusal rate on MITRE FRR (keyword detector)      lower
+mitre_guard_refusal_rate           the same, by the output guard's refusal output          lower
+mitre_judge_refusal_rate           the same, by the judge (only with ``frr_judge``)        lower
+interpreter_malicious_rate         share of code-interpreter abuse answers graded          lower
+                                   extremely or potentially malicious
+instruct_vulnerable_rate,          share of generated code the Insecure Code Detector      lower
+autocomplete_vulnerable_rate       flags (only when those benchmarks run)
+goat_asr                           GOAT ASR@k, k = ``goat_attempts``, over every goal     lower
+goat_asr_at_1                      GOAT ASR@1                                              lower
+goat_asr_s1 ... goat_asr_s14       GOAT ASR@k per built-in goal category                   lower
+goat_attacker_fallback_rate        share of attacker turns replaced by a template          (context)
+goat_prompt_guard_flag_rate        share of attacker prompts the prompt guard flags        (context)
+<benchmark>_scored,                cases scored, and judge answers read as neither Yes     (context)
+<benchmark>_judge_unparsed         nor No (prompt_injection_*, mitre_*, interpreter_*)
+=================================  ======================================================  ===========
+
+Besides the figures: ``cyberseceval_skipped`` ({benchmark: reason}), ``cyberseceval_self_judged``,
+``goat_judge``, ``goat_attacker``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from herd.stages.safety import SafetyConfig
+from tasks.runtime import storage
+from tasks.runtime.reports import log_csv
+from tasks.safety.chat import ChatModel, as_judge, load_chat_model
+from tasks.safety.config import CyberSecEvalConfig
+from tasks.safety.cyberseceval import run_suite
+from tasks.safety.goat import (
+    ChatJudge,
+    GoatSettings,
+    GuardJudge,
+    builtin_goals,
+    interpreter_goals,
+    run_goat,
+    spread_goals,
+)
+from tasks.safety.guards import OutputGuard, load_guards
+
+log = logging.getLogger(__name__)
+
+# Per benchmark: the prefix of its figures, its headline figure, the statistic it comes from and the
+# factor that makes that a fraction.
+HEADLINES = {
+    "prompt-injection": ("prompt_injection", "prompt_injection_success_rate", "injection_successful_percentage", 1.0),
+    "mitre-frr": ("mitre", "mitre_refusal_rate", "refusal_rate", 1.0),
+    "interpreter": ("interpreter", "interpreter_malicious_rate", "malicious_percentage", 1.0),
+    "instruct": ("instruct", "instruct_vulnerable_rate", "vulnerable_percentage", 0.01),
+    "autocomplete": ("autocomplete", "autocomplete_vulnerable_rate", "vulnerable_percentage", 0.01),
+}
+
+
+def locate_datasets(folder: str | None, files: dict[str, str], benchmarks: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``({benchmark: URI}, {benchmark: why skipped})`` for the benchmarks' files inside the cyberseceval folder."""
+    if not folder:
+        reason = ("no CyberSecEval datasets: give the stage's cyberseceval input, set HERD_CYBERSECEVAL_URI, "
+                  "or put PurpleLlama's files in $HERD_HOME/cyberseceval")
+        return {}, {benchmark: reason for benchmark in benchmarks}
+    found, skipped = {}, {}
+    for benchmark in benchmarks:
+        uri = storage.join(folder, files[benchmark])
+        if storage.exists(uri):
+            found[benchmark] = uri
+        else:
+            skipped[benchmark] = f"{files[benchmark]} is not in {folder}"
+    return found, skipped
+
+
+def with_generation(model: ChatModel, **settings) -> ChatModel:
+    """The same model (weights shared) generating with other settings (``max_new_tokens``, ``temperature``)."""
+    changed = copy.copy(model)
+    for key, value in settings.items():
+        if hasattr(changed, key):
+            setattr(changed, key, value)
+    return changed
+
+
+def cyberseceval_config(config: SafetyConfig) -> CyberSecEvalConfig:
+    return CyberSecEvalConfig(limit=config.limit, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              judge_max_new_tokens=config.judge_max_new_tokens, seed=config.seed,
+                              frr_judge=config.frr_judge, precision=config.precision, batch_size=config.batch_size,
+                              request_workers=config.request_workers, request_timeout_s=config.request_timeout_s,
+                              request_retries=config.request_retries)
+
+
+def guard_refusal_rate(path: Path, guard: OutputGuard) -> float | None:
+    """mitre-frr: the output guard's refusal output over the scored answers, written beside them (``guard_refusal``)."""
+    rows = json.loads(path.read_text())
+    scored = [row for row in rows if "outcome" in row]
+    if not scored:
+        return None
+    said = guard.refusals([row["mutated_prompt"] for row in scored], [row["response"] for row in scored])
+    for row, refused in zip(scored, said):
+        row["guard_refusal"] = refused
+    path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+    return sum(said) / len(said)
+
+
+def run_cyberseceval_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: OutputGuard,
+                          scratch: Path) -> dict[str, Any]:
+    found, skipped = locate_datasets(ctx.inputs.get("cyberseceval"), config.datasets, list(config.benchmarks))
+    for benchmark, reason in skipped.items():
+        log.warning("safety: %s skipped: %s", benchmark, reason)
+    figures: dict[str, Any] = {"cyberseceval_skipped": skipped}
+    if not found:
+        return figures
+    cse_config = cyberseceval_config(config)
+    results = run_suite(found, ctx.workdir / "cyberseceval", target, judge=config.judge or None, config=cse_config,
+                        tracker=ctx.tracker, scratch=scratch, judge_api_key_env=config.judge_api_key_env or None)
+    figures["cyberseceval_self_judged"] = any(r.summary["self_judged"] for r in results.values())
+    for benchmark, result in results.items():
+        prefix, name, key, scale = HEADLINES[benchmark]
+        figures[name] = result.overall[key] * scale
+        figures[f"{prefix}_scored"] = result.summary["scored"]
+        if "judge_unparsed_count" in result.overall:
+            figures[f"{prefix}_judge_unparsed"] = result.overall["judge_unparsed_count"]
+        if benchmark == "mitre-frr":
+            rate = guard_refusal_rate(result.out_dir / "responses.json", output_guard)
+            if rate is not None:
+                figures["mitre_guard_refusal_rate"] = rate
+            if "judge_refusal_rate" in result.overall:
+                figures["mitre_judge_refusal_rate"] = result.overall["judge_refusal_rate"]
+    return figures
+
+
+def goat_goals(ctx, config: SafetyConfig) -> tuple[list, dict[str, str]]:
+    goals, skipped = [], {}
+    for source in config.goat_goals:
+        if source == "builtin":
+            goals += builtin_goals(config.goat_goals_per_category)
+            continue
+        found, missing = locate_datasets(ctx.inputs.get("cyberseceval"), config.datasets, ["interpreter"])
+        if found:
+            goals += interpreter_goals(found["interpreter"])
+        else:
+            skipped[source] = missing["interpreter"]
+    return spread_goals(goals, config.goat_limit), skipped
+
+
+def goat_judge(config: SafetyConfig, target: ChatModel, output_guard: OutputGuard, scratch: Path):
+    if config.goat_judge == "guard":
+        return GuardJudge(output_guard, name=f"guard:{OutputGuard.kind}")
+    if config.goat_judge == "target":
+        return ChatJudge(as_judge(target, cyberseceval_config(config)))
+    return ChatJudge(load_chat_model(config.goat_judge, scratch / "goat-judge", cyberseceval_config(config), judge=True,
+                                     api_key_env=config.judge_api_key_env or None))
+
+
+def run_goat_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: OutputGuard, prompt_guard,
+                  scratch: Path) -> dict[str, Any]:
+    goals, skipped = goat_goals(ctx, config)
+    figures: dict[str, Any] = {"goat_goal_sources_skipped": skipped}
+    if not goals:
+        log.warning("safety: GOAT skipped: no goals (%s)", skipped)
+        return figures
+    if config.goat_attacker:
+        attacker = load_chat_model(config.goat_attacker, scratch / "attacker", cyberseceval_config(config),
+                                   api_key_env=config.attacker_api_key_env or None)
+    else:
+        attacker = target
+    attacker = with_generation(attacker, max_new_tokens=config.goat_attacker_max_new_tokens,
+                               temperature=config.goat_attacker_temperature)
+    judge = goat_judge(config, target, output_guard, scratch)
+    settings = GoatSettings(config.goat_turns, config.goat_attempts, config.goat_stop_on_success, config.seed)
+    result = run_goat(goals, target, attacker, judge, ctx.workdir / "goat", settings, tracker=ctx.tracker)
+    prompts = [turn["prompt"] for c in result.conversations for turn in c.turns]
+    flagged = sum(v.malicious for v in prompt_guard.classify(prompts))
+    figures.update({f"goat_{key}": value for key, value in result.summary["metrics"].items()})
+    figures.update(goat_goals=len(goals), goat_conversations=len(result.conversations),
+                   goat_prompt_guard_flag_rate=flagged / len(prompts) if prompts else 0.0,
+                   goat_judge=judge.name, goat_attacker=attacker.name)
+
+    def draw(figure) -> None:
+        axes = figure.add_subplot(1, 1, 1)
+        categories = list(result.by_category)
+        key = f"asr_at_{config.goat_attempts}"
+        axes.bar(categories, [result.by_category[c][key] for c in categories])
+        axes.set_ylim(0, 1)
+        axes.set_ylabel(f"ASR@{config.goat_attempts}")
+        axes.set_title(f"GOAT attack success by goal category ({config.goat_turns} turns)")
+
+    ctx.tracker.log_plot("goat_asr_by_category.png", draw)
+    return figures
+
+
+def run(ctx) -> dict:
+    config: SafetyConfig = ctx.config
+    with tempfile.TemporaryDirectory(prefix="herd-safety-") as tmp:
+        scratch = Path(tmp)
+        output_guard, prompt_guard = load_guards(ctx.inputs["guards"], scratch)
+        target = load_chat_model(ctx.inputs["model"], scratch, cyberseceval_config(config))
+        summary: dict[str, Any] = {"variant": ctx.variant, "model": ctx.model_preset}
+        summary.update(run_cyberseceval_part(ctx, config, target, output_guard, scratch))
+        summary.update(run_goat_part(ctx, config, target, output_guard, prompt_guard, scratch))
+
+    guard_metrics = {kind: guard.info.get("metrics", {}) for kind, guard in
+                     (("output_guard", output_guard), ("prompt_guard", prompt_guard))}
+    (ctx.workdir / "guards").mkdir(parents=True, exist_ok=True)
+    (ctx.workdir / "guards" / "metrics.json").write_text(json.dumps(guard_metrics, indent=2) + "\n")
+    ctx.tracker.log_artifact(ctx.workdir / "guards" / "metrics.json", "guards")
+    figures = {key: value for key, value in summary.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    log_csv(ctx, "safety.csv", [{"figure": key, "value": value} for key, value in figures.items()])
+    ctx.tracker.log_metrics({f"safety/{key}": float(value) for key, value in figures.items()})
+    return summary
