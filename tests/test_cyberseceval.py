@@ -38,7 +38,7 @@ from tasks.safety.insecure_code import (
 from tasks.safety.refusal import is_refusal
 from tasks.safety.report import breakdown
 
-SHARED = REPO.parent / "shared" / "data" / "cyberseceval"
+SHARED = REPO / "data" / "cyberseceval"  # PurpleLlama's files (MIT), kept in the repository
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the CyberSecEval files are not at {SHARED}")
 
 
@@ -298,12 +298,18 @@ class _Stub(BaseHTTPRequestHandler):
     """An OpenAI-compatible /v1/chat/completions that fails as scripted, then answers."""
 
     script: ClassVar[list[int]] = []
+    # Requests whose last message is one of these get a 400, whatever order they arrive in
+    # (the client sends a batch's conversations concurrently).
+    refuse: ClassVar[set[str]] = set()
     requests: ClassVar[list[tuple[str, dict, dict]]] = []
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append((self.path, dict(self.headers), body))
-        status = type(self).script.pop(0) if type(self).script else 200
+        if body["messages"][-1]["content"] in type(self).refuse:
+            status = 400
+        else:
+            status = type(self).script.pop(0) if type(self).script else 200
         if status != 200:
             self.send_response(status)
             self.end_headers()
@@ -328,7 +334,7 @@ def stub_endpoint():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    _Stub.script, _Stub.requests = [], []
+    _Stub.script, _Stub.requests, _Stub.refuse = [], [], set()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
     server.server_close()
@@ -351,7 +357,7 @@ def test_openai_client_against_a_local_stub(stub_endpoint, monkeypatch, tmp_path
     assert headers["Authorization"] == f"Bearer {secret}"
     assert body == {"model": "llama-test", "messages": messages, "max_tokens": 12, "temperature": 0.0, "seed": 0}
 
-    _Stub.script = [400]  # a refused request is not retried, and fails that conversation only
+    _Stub.refuse = {"bad"}  # a refused request is not retried, and fails that conversation only
     answers = respond_all(model, [[{"role": "user", "content": "bad"}], [{"role": "user", "content": "good"}]])
     assert isinstance(answers[0], ChatError) and secret not in str(answers[0]) and "HTTP 400" in str(answers[0])
     assert answers[1] == "echo: good"

@@ -18,15 +18,24 @@ def default_corpus() -> str:
     return os.environ.get("HERD_CORPUS_URI") or str(herd_home() / "corpus" / "udhr")
 
 
-def default_cyberseceval() -> str:
-    """PurpleLlama's CyberSecEval files: ``HERD_CYBERSECEVAL_URI``, else ``$HERD_HOME/cyberseceval`` if it exists.
+# PurpleLlama's CyberSecEval prompt-injection, MITRE false-refusal and interpreter sets
+# (MIT, ~1 MB), kept in the repository so a checkout evaluates without a download.
+BUNDLED_CYBERSECEVAL = Path(__file__).resolve().parents[2] / "data" / "cyberseceval"
 
-    Empty when neither is there: the stages that read them then record the benchmarks as skipped.
+
+def default_cyberseceval() -> str:
+    """PurpleLlama's CyberSecEval files: ``HERD_CYBERSECEVAL_URI``, else ``$HERD_HOME/cyberseceval``, else the
+    copy in the repository's ``data/cyberseceval``, whichever exists first.
+
+    Empty when none is there (an installed package without the repository): the stages that
+    read them then record the benchmarks as skipped.
     """
     if os.environ.get("HERD_CYBERSECEVAL_URI"):
         return os.environ["HERD_CYBERSECEVAL_URI"]
-    folder = herd_home() / "cyberseceval"
-    return str(folder) if folder.is_dir() else ""
+    for folder in (herd_home() / "cyberseceval", BUNDLED_CYBERSECEVAL):
+        if folder.is_dir():
+            return str(folder)
+    return ""
 
 
 def mlflow_dir() -> Path:
