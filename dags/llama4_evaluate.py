@@ -36,7 +36,7 @@ with DAG(
         "version": Param("champion", type="string", pattern=r"^([1-9][0-9]*|[A-Za-z_][\w-]{0,254})$",
                          title="Version or alias",
                          description="A version number (3) or an alias (champion, candidate)."),
-        "problems": Param("", type="string", pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Problems",
+        "problems": Param("", type=["string", "null"], pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Problems",
                           description="A problems output to evaluate on; empty uses the version's own."),
         "preset": Param("nano", type="string", enum=sorted(PRESETS), title="Preset",
                         description="Evaluation settings come from this preset's sft section."),

@@ -42,9 +42,9 @@ with DAG(
                         uniqueItems=True, minItems=1, examples=list(STAGE_NAMES), title="Stages",
                         description="Stages to compute; the others reuse their cached output."),
         "force": Param(False, type="boolean", title="Force", description="Recompute selected stages even if cached."),
-        "corpus": Param("", type="string", pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Corpus",
+        "corpus": Param("", type=["string", "null"], pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Corpus",
                         description="Raw corpus: absolute path, file:// or s3:// URI; empty uses the UDHR seed corpus."),
-        "cyberseceval": Param("", type="string", pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="CyberSecEval datasets",
+        "cyberseceval": Param("", type=["string", "null"], pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="CyberSecEval datasets",
                               description="Folder of PurpleLlama's CyberSecEval JSON files for the guards and safety "
                                           "stages; empty uses HERD_CYBERSECEVAL_URI or $HERD_HOME/cyberseceval, "
                                           "else those benchmarks are skipped (and recorded as skipped)."),

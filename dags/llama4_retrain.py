@@ -50,7 +50,7 @@ def retrain_arguments(spec) -> list[str]:
     sources = {"init": f"{spec.variant}.champion", "base": TOKENIZER_BASE}
     for key, task_id in sources.items():
         if key in spec.inputs:
-            from_params = arguments.index(f"{key}={{{{ params.get('{key}', '') }}}}")
+            from_params = arguments.index(f"{key}={{{{ params.get('{key}') or '' }}}}")
             arguments[from_params] = f"{key}={{{{ ti.xcom_pull(task_ids='{task_id}') or '' }}}}"
     return arguments
 
@@ -73,7 +73,7 @@ with DAG(
                         uniqueItems=True, minItems=1, title="Stages",
                         description="Stages to compute; the others reuse their cached output."),
         "force": Param(False, type="boolean", title="Force", description="Recompute selected stages even if cached."),
-        "corpus": Param(CORPUS, type="string", pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Corpus",
+        "corpus": Param(CORPUS, type=["string", "null"], pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Corpus",
                         description="Raw corpus: absolute path, file:// or s3:// URI; empty uses the UDHR seed corpus."),
         "overrides": Param({}, **override_schema(), title="Config overrides",
                            description='Dotted config fields, e.g. {"pretrain.steps": 200}.'),

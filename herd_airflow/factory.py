@@ -34,10 +34,11 @@ def stage_arguments(spec: StageSpec) -> list[str]:
         arguments += ["--variant", spec.variant]
     arguments += ["--force={{ params.force }}", f"--reuse-only={{{{ '{spec.name}' not in params.stages }}}}"]
     for key, slot in spec.inputs.items():
-        # A user-data input comes from the DAG parameter of its name, if the DAG has one.
+        # A user-data input comes from the DAG parameter of its name, if the DAG has one; the form sends
+        # a cleared field as null, which must render empty, not "None".
         source = (
             f"{{{{ ti.xcom_pull(task_ids='{slot.from_stage}') }}}}" if slot.from_stage
-            else f"{{{{ params.get('{key}', '') }}}}"
+            else f"{{{{ params.get('{key}') or '' }}}}"
         )
         arguments += ["--in", f"{key}={source}"]
     return arguments

@@ -63,6 +63,6 @@ def champion_task(task_id: str, variants: tuple[str, ...], **kwargs: Any):
 def evaluate_task(task_id: str = "evaluate", **kwargs: Any):
     """Evaluate the registered version the run's params name."""
     arguments = ["registry", "evaluate", "--run", "{{ run_id }}", "--model", "{{ params.model }}",
-                 "--version", "{{ params.version }}", "--problems={{ params.problems }}", *config_arguments()]
+                 "--version", "{{ params.version }}", "--problems={{ params.problems or '' }}", *config_arguments()]
     return command_task(task_id, arguments, EVALUATION, returns_output=True,
                         doc_md="The problems' held-out set through the registered version, per capability.", **kwargs)

@@ -81,7 +81,7 @@ def test_dag_shape_tags_and_retries():
     assert dag.get_task("guards").upstream_task_ids == {"begin"}
     assert dag.get_task("scout.safety").upstream_task_ids == {"scout.dpo", "guards"}
     assert dag.get_task("behemoth.safety").upstream_task_ids == {"behemoth.rl", "guards"}
-    assert "cyberseceval={{ params.get('cyberseceval', '') }}" in dag.get_task("maverick.safety").arguments
+    assert "cyberseceval={{ params.get('cyberseceval') or '' }}" in dag.get_task("maverick.safety").arguments
     # Each variant's final model is gated, then promoted or not; the run ends after every promotion.
     # A variant's safety stage, when the pipeline has one, feeds its gate too.
     safety = {variant: {f"{variant}.safety"} & ids for variant in ("behemoth", "scout")}
@@ -151,4 +151,24 @@ def test_stage_arguments_render_from_params():
     assert json.loads(rendered[rendered.index("--overrides") + 1]) == {
         "datamix.languages": ["eng"], "datamix.min_chars": 60}
     assert "--reuse-only=True" in rendered and "--force=False" in rendered
+    assert rendered[-2:] == ["--in", "corpus="]
+
+
+def test_text_params_left_empty_do_not_block_the_trigger_form():
+    """The UI requires every field whose type does not allow null, and keeps Trigger greyed out while one is
+    empty; a field the user clears arrives as null and must mean "empty", not the input "None"."""
+    from jinja2 import Environment
+
+    from herd.pipeline import stage
+    from herd_airflow.factory import overrides_json, stage_arguments
+
+    dag = _load_dag()
+    empty_by_default = [name for name in dag.params if dag.params.get_param(name).value == ""]
+    assert "corpus" in empty_by_default
+    for name in empty_by_default:
+        assert "null" in dag.params.get_param(name).schema["type"], name
+    params = {"preset": "nano", "force": False, "stages": ["datamix"], "corpus": None, "languages": [],
+              "overrides": {}}
+    rendered = [Environment().from_string(arg).render(params=params, run_id="r1", herd_overrides=overrides_json)
+                for arg in stage_arguments(stage("datamix"))]
     assert rendered[-2:] == ["--in", "corpus="]

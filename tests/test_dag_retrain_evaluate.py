@@ -81,7 +81,7 @@ def test_retrain_continues_each_variant_from_its_champion_with_the_champions_tok
     assert dag.get_task("tokenizer_base").arguments[:5] == ["registry", "champion", *VARIANTS]
     assert dag.get_task("scout.promote").upstream_task_ids == {"scout.gate"}
     # In the pipeline DAG the same inputs come from (absent) params: empty, so the stages start from scratch.
-    assert "init={{ params.get('init', '') }}" in pipeline.get_task("scout.pretrain").arguments
+    assert "init={{ params.get('init') or '' }}" in pipeline.get_task("scout.pretrain").arguments
 
     class TI:
         def __init__(self, value):
