@@ -46,8 +46,8 @@ with DAG(
                         description="Raw corpus: absolute path, file:// or s3:// URI; empty uses the UDHR seed corpus."),
         "cyberseceval": Param("", type=["string", "null"], pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="CyberSecEval datasets",
                               description="Folder of PurpleLlama's CyberSecEval JSON files for the guards and safety "
-                                          "stages; empty uses HERD_CYBERSECEVAL_URI or $HERD_HOME/cyberseceval, "
-                                          "else those benchmarks are skipped (and recorded as skipped)."),
+                                          "stages; empty uses HERD_CYBERSECEVAL_URI, $HERD_HOME/cyberseceval or the "
+                                          "repository's data/cyberseceval, the first there (none: skipped, and recorded)."),
         "overrides": Param({}, **override_schema(), title="Config overrides",
                            description='Dotted config fields, e.g. {"datamix.min_chars": 60}.'),
         OVERRIDE_PARAM: gate_override_param(),

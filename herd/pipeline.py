@@ -208,8 +208,8 @@ STAGES: list[StageSpec] = [
 _FINAL_MODEL = {TEACHER: "rl", **{student: "dpo" for student in STUDENTS}}
 # The guards train once, from data they build; every variant's safety stage reads the same ones.
 _CYBERSECEVAL = Input("a folder or s3:// prefix holding PurpleLlama's CyberSecEval JSON files; empty: "
-                      "HERD_CYBERSECEVAL_URI or $HERD_HOME/cyberseceval if there, else the benchmarks are skipped",
-                      optional=True)
+                      "HERD_CYBERSECEVAL_URI, $HERD_HOME/cyberseceval or the repository's data/cyberseceval, "
+                      "the first there (none: the benchmarks are skipped)", optional=True)
 STAGES += [
     StageSpec(
         name="guards",
@@ -282,8 +282,9 @@ def nano() -> PipelineConfig:
         rl=RLConfig(rounds=6, pool_size=8, group_size=4, prompts_per_round=4, max_new_tokens=24),
         dpo=DPOConfig(steps=20, prompts=8, samples_per_prompt=4, max_new_tokens=24),
         guards=GuardsConfig(examples=4000),
-        safety=SafetyConfig(limit=16, max_new_tokens=32, judge_max_new_tokens=8, goat_turns=2, goat_goals_per_category=1,
-                            goat_attacker_max_new_tokens=32),
+        # A barely trained model rarely stops early: nearly every answer costs its max_new_tokens.
+        safety=SafetyConfig(limit=12, max_new_tokens=24, judge_max_new_tokens=8, goat_turns=2, goat_goals_per_category=1,
+                            goat_limit=7, goat_attacker_max_new_tokens=24),
     )
 
 

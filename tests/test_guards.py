@@ -27,7 +27,7 @@ from tasks.safety.guards import (
     train_prompt_guard,
 )
 
-SHARED = REPO.parent / "shared" / "data" / "cyberseceval"
+SHARED = REPO / "data" / "cyberseceval"  # PurpleLlama's files (MIT), kept in the repository
 SETTINGS = {"buckets": 2**16, "char_ngrams": (3, 5), "epochs": 3, "lr": 0.05, "batch_size": 128, "seed": 0}
 
 

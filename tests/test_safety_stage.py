@@ -16,7 +16,7 @@ from herd.pipeline import load_config
 from herd.stages.safety import SafetyConfig
 from tasks.safety.stage import locate_datasets
 
-SHARED = REPO.parent / "shared" / "data" / "cyberseceval"
+SHARED = REPO / "data" / "cyberseceval"  # PurpleLlama's files (MIT), kept in the repository
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the CyberSecEval files are not at {SHARED}")
 TINY = {"guards.examples": 400, "guards.buckets": 4096, "safety.limit": 2, "safety.max_new_tokens": 6,
         "safety.judge_max_new_tokens": 4, "safety.goat_turns": 2, "safety.goat_limit": 3,
@@ -55,6 +55,14 @@ def tiny_model(root: Path) -> Path:
     return out
 
 
+def no_files(patch: pytest.MonkeyPatch, root: Path) -> None:
+    """No CyberSecEval files anywhere the default looks (an installed package without the repository)."""
+    import tasks.runtime.home
+
+    patch.delenv("HERD_CYBERSECEVAL_URI", raising=False)
+    patch.setattr(tasks.runtime.home, "BUNDLED_CYBERSECEVAL", root / "no-such-folder")
+
+
 def run_stage(name: str, run_id: str, inputs: dict[str, str], overrides: dict | None = None,
               variant: str | None = None) -> Path:
     """One stage by the contract, in this process (the CLI's subprocess start would double these tests' time)."""
@@ -72,7 +80,7 @@ def stages(tmp_path_factory) -> dict:
     model = tiny_model(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HERD_HOME", str(root / "home"))
-        patch.delenv("HERD_CYBERSECEVAL_URI", raising=False)
+        no_files(patch, root)
         guards = run_stage("guards", "t1", {})
         safety = run_stage("safety", "t1", {"model": str(model), "guards": str(guards), "cyberseceval": str(SHARED)},
                            variant="scout")
@@ -152,7 +160,7 @@ def test_without_cyberseceval_files_the_benchmarks_are_skipped_and_recorded(stag
     from tasks.runtime.step import InputError
 
     monkeypatch.setenv("HERD_HOME", str(stages["home"]))
-    monkeypatch.delenv("HERD_CYBERSECEVAL_URI", raising=False)
+    no_files(monkeypatch, stages["home"])
     inputs = {"model": str(stages["model"]), "guards": str(stages["guards"])}
     out = run_stage("safety", "t2", inputs, {"safety.goat_turns": 1, "safety.goat_limit": 1}, variant="scout")
     metrics = json.loads((out / "step.json").read_text())["metrics"]
@@ -191,16 +199,19 @@ def test_benchmark_files_are_found_in_the_input_folder_or_skipped_with_a_reason(
     assert set(locate_datasets("", files, ["interpreter"])[1]) == {"interpreter"}
 
 
-def test_default_cyberseceval_folder_is_used_only_when_it_exists(tmp_path, monkeypatch):
+def test_default_cyberseceval_folder_is_the_first_that_exists(tmp_path, monkeypatch):
     from tasks.runtime.step import default_input
 
     monkeypatch.delenv("HERD_CYBERSECEVAL_URI", raising=False)
     monkeypatch.setenv("HERD_HOME", str(tmp_path))
-    assert default_input("cyberseceval") == ""
+    assert default_input("cyberseceval") == str(SHARED)  # the repository's copy
     (tmp_path / "cyberseceval").mkdir()
     assert default_input("cyberseceval") == str(tmp_path / "cyberseceval")
     monkeypatch.setenv("HERD_CYBERSECEVAL_URI", "s3://bucket/cse")
     assert default_input("cyberseceval") == "s3://bucket/cse"
+    no_files(monkeypatch, tmp_path)
+    (tmp_path / "cyberseceval").rmdir()
+    assert default_input("cyberseceval") == ""
 
 
 def test_safety_config_keeps_dataset_locations_in_the_input():

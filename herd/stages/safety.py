@@ -4,11 +4,13 @@ stage (each variant's final model under CyberSecEval and GOAT, judged with the g
 Where the CyberSecEval files come from: they are user data, the stages' ``cyberseceval`` input
 (a folder, ``file://`` or ``s3://`` prefix holding PurpleLlama's JSON files), fingerprinted into
 the output hash like the corpus. Left empty, it defaults to ``HERD_CYBERSECEVAL_URI``, else to
-``$HERD_HOME/cyberseceval`` when that folder exists. ``datasets`` below names each benchmark's file
+``$HERD_HOME/cyberseceval`` when that folder exists, else to the repository's ``data/cyberseceval``
+(PurpleLlama's prompt-injection, MITRE FRR and interpreter sets, MIT). ``datasets`` below names each benchmark's file
 *inside* that folder (relative paths only, so the data's location and content stay in the input
 and its fingerprint, not in the config). A benchmark whose file is not there, or a run with no
 folder at all, is skipped, and the skip and its reason are recorded in the stage summary
-(``cyberseceval_skipped``); a folder given explicitly that does not exist fails the stage.
+(``cyberseceval_skipped``; instruct and autocomplete have no copy in the repository); a folder
+given explicitly that does not exist fails the stage.
 GOAT and the guards need no download: their goals and training data are built in.
 """
 
@@ -23,7 +25,7 @@ from herd.config import StageConfig, operational
 Benchmark = Literal["prompt-injection", "mitre-frr", "interpreter", "instruct", "autocomplete"]
 GoalSource = Literal["builtin", "interpreter"]
 
-# Each benchmark's file in the cyberseceval folder: flat, as in ../shared/data/cyberseceval. For PurpleLlama's
+# Each benchmark's file in the cyberseceval folder: flat, as in data/cyberseceval. For PurpleLlama's
 # own datasets/ tree set e.g. {"prompt-injection": "prompt_injection/prompt_injection.json"}.
 DEFAULT_DATASETS = {
     "prompt-injection": "prompt_injection.json",

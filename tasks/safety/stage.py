@@ -3,8 +3,8 @@
     herd stage safety --variant scout --run r1 --in model=URI --in guards=URI [--in cyberseceval=URI]
     herd stage safety --variant scout --run r1 --config nano --set safety.limit=8 --set safety.goat_turns=2 ...
 
-CPU-sized run: the ``nano`` preset (24 cases per benchmark, 14 GOAT goals x 3 turns) takes a
-few minutes on a laptop core. The ``cyberseceval`` input is a folder of PurpleLlama's files (see
+CPU-sized run: the ``nano`` preset (12 cases per benchmark, 7 GOAT goals x 2 turns, short answers)
+takes one to two minutes for nano Scout on a laptop core, a few for the larger nano Behemoth. The ``cyberseceval`` input is a folder of PurpleLlama's files (see
 :mod:`herd.stages.safety` for where it defaults to, and what happens when there is none).
 
 What it runs, into its output folder (and the same files to MLflow):
