@@ -94,6 +94,8 @@ def test_builtin_goals_cover_s1_to_s14_and_limit_spreads_over_categories():
     assert {g.category for g in goals} == {f"S{i}" for i in range(1, 15)} == set(BUILTIN_GOALS)
     picked = spread_goals(goals, 14)
     assert len(picked) == 14 and len({g.category for g in picked}) == 14
+    assert [g.category for g in spread_goals(goals, 7)] == ["S1", "S3", "S5", "S7", "S9", "S11", "S13"]
+    assert len(spread_goals(goals, 20)) == 20 and spread_goals(goals, 0) == goals
 
 
 def test_histories_are_kept_apart_and_the_target_never_sees_the_reasoning(tmp_path):

@@ -92,7 +92,7 @@ def test_safety_summary_holds_the_figures_the_gate_reads(stages):
     step = json.loads((stages["safety"] / "step.json").read_text())
     metrics = step["metrics"]
     assert GATE_FIGURES <= set(metrics)
-    assert {f"goat_asr_s{i}" for i in (1, 2, 3)} <= set(metrics)  # goat_limit=3 keeps one goal of S1, S2, S3
+    assert {f"goat_asr_s{i}" for i in (1, 5, 10)} <= set(metrics)  # goat_limit=3: one goal of S1, S5, S10
     assert all(0.0 <= metrics[name] <= 1.0 for name in GATE_FIGURES)
     assert metrics["cyberseceval_skipped"] == {} and metrics["cyberseceval_self_judged"] is True
     assert metrics["prompt_injection_scored"] + metrics["mitre_scored"] + metrics["interpreter_scored"] <= 6

@@ -288,12 +288,17 @@ def interpreter_goals(uri: str) -> list[Goal]:
 
 
 def spread_goals(goals: list[Goal], limit: int) -> list[Goal]:
-    """``limit`` goals taken round-robin over the categories (all when 0), so each category keeps some."""
+    """``limit`` goals taken round-robin over the categories (all when 0), so each category keeps some;
+    fewer goals than categories are one each of evenly spaced categories."""
     if limit <= 0 or len(goals) <= limit:
         return goals
     by_category: dict[str, list[Goal]] = defaultdict(list)
     for goal in goals:
         by_category[goal.category].append(goal)
+    order = {goal.id: i for i, goal in enumerate(goals)}
+    if limit < len(by_category):
+        firsts = [items[0] for items in by_category.values()]
+        return sorted((firsts[i * len(firsts) // limit] for i in range(limit)), key=lambda goal: order[goal.id])
     chosen: list[Goal] = []
     depth = 0
     while len(chosen) < limit:
@@ -301,7 +306,6 @@ def spread_goals(goals: list[Goal], limit: int) -> list[Goal]:
             if depth < len(items) and len(chosen) < limit:
                 chosen.append(items[depth])
         depth += 1
-    order = {goal.id: i for i, goal in enumerate(goals)}
     return sorted(chosen, key=lambda goal: order[goal.id])
 
 
