@@ -18,10 +18,11 @@ def _demo(herd_home, *args: str, seed_corpus: str = "") -> subprocess.CompletedP
     for variable in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
         env.pop(variable, None)  # the demo sets up its own embedded Airflow under HERD_HOME
     return subprocess.run([sys.executable, "-m", "herd_airflow.demo", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=2400)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4800)  # two whole pipelines, 30-odd tasks each: a loaded 2-core machine needs the room
 def test_dag_runs_data_stages_then_skips_them(udhr_subset, herd_home, monkeypatch):
     args = ("--corpus", str(udhr_subset), "--set", "tokenizer.vocab_size=1024", "--set", "pretrain.steps=4",
             "--set", "pretrain.seq_len=64", "--set", "pretrain.batch_size=2",
