@@ -1,0 +1,167 @@
+"""llama4_pipeline on a real Airflow 3, used as a user would: the REST API v2, then the UI in headless Chromium.
+
+One Airflow serves both tests (see ``live_airflow.py``): PostgreSQL where it answers, else sqlite.
+The REST test selects the data stages only; the stages it leaves out have no output to reuse
+on a fresh ``HERD_HOME``, so the first of them fails the run by design (``--reuse-only``),
+after the selected ones have computed and logged to MLflow.
+
+    .venv/bin/python -m pytest -q -rP tests/test_airflow_live.py   # -rP prints the screenshot's path
+
+The browser test needs Debian's ``chromium`` and ``chromium-driver`` and is skipped without them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from live_airflow import LiveAirflow, ThrowawayPostgres
+
+from herd.pipeline import STAGES, STAGES_BY_ID
+
+pytestmark = pytest.mark.slow
+
+DAG_ID = "llama4_pipeline"
+RUNS = f"/api/v2/dags/{DAG_ID}/dagRuns"
+SELECTED = ["datamix", "tokenizer", "problems"]
+OVERRIDES = {"tokenizer.vocab_size": 1024, "problems.count_arithmetic": 20, "problems.count_strings": 20,
+             "problems.count_code": 5, "problems.count_translate": 10, "problems.count_language_id": 10,
+             "problems.count_continue": 10}
+
+
+@pytest.fixture(scope="module")
+def airflow(udhr_subset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("live-airflow")
+    # The seed corpus (the problems stage's UDHR input) is the test's subset, not a fetched one.
+    env = {"HERD_HOME": str(root / "herd-home"), "HERD_CORPUS_URI": str(udhr_subset)}
+    with ThrowawayPostgres() as postgres, LiveAirflow(root, env, postgres.url) as live:
+        print(f"Airflow at {live.url} on {live.database}" + (f" ({postgres.why_not})" if postgres.why_not else ""))
+        live.wait_for_dag(DAG_ID)
+        yield live
+
+
+def _runs(airflow: LiveAirflow) -> list[dict]:
+    response = airflow.api("GET", RUNS)
+    assert response.status_code == 200, response.text
+    return response.json()["dag_runs"]
+
+
+def test_bad_parameters_are_refused_at_trigger_and_start_no_run(airflow):
+    before = len(_runs(airflow))
+    for conf, field in [({"overrides": {"datamix.min_charz": 3}}, "datamix.min_charz"),
+                        ({"overrides": {"tokenizer.vocab_size": "big"}}, "tokenizer.vocab_size"),
+                        ({"stages": ["datamix", "pretrian"]}, "pretrian"),
+                        ({"corpus": "relative/path"}, "relative/path")]:
+        response = airflow.api("POST", RUNS, json={"logical_date": None, "conf": conf})
+        assert response.status_code == 400, (conf, response.text)
+        assert field in response.json()["detail"], (conf, response.text)
+    assert len(_runs(airflow)) == before
+
+
+def _expected_failures() -> set[str]:
+    """The stages left out whose upstream all succeeded: they find no output to reuse and fail."""
+    return {spec.id for spec in STAGES
+            if spec.name not in SELECTED and all(STAGES_BY_ID[up].name in SELECTED for up in spec.upstream)}
+
+
+def test_rest_trigger_computes_the_selected_stages_and_tracks_them_in_mlflow(airflow, udhr_subset, monkeypatch):
+    assert airflow.api("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False}).status_code == 200
+    conf = {"corpus": str(udhr_subset), "stages": SELECTED, "overrides": OVERRIDES}
+    response = airflow.api("POST", RUNS, json={"logical_date": None, "conf": conf})
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+    assert response.json()["conf"]["stages"] == SELECTED
+
+    run = airflow.wait_for_run(DAG_ID, run_id, timeout=900)
+    instances = airflow.api("GET", f"{RUNS}/{run_id}/taskInstances", params={"limit": 100}).json()["task_instances"]
+    states = {ti["task_id"]: ti["state"] for ti in instances}
+    assert {stage: states[stage] for stage in ["begin", *SELECTED]} == dict.fromkeys(["begin", *SELECTED], "success")
+    failed = {task for task, state in states.items() if state == "failed"}
+    assert failed == _expected_failures(), states
+    assert run["state"] == "failed" and states["finish_failed"] == "success" and states["finish"] == "upstream_failed"
+    for task in failed:
+        log = airflow.api("GET", f"{RUNS}/{run_id}/taskInstances/{task}/logs/1",
+                          headers={"Accept": "application/json"}).text
+        assert "is not selected and has no complete output" in log, log[-2000:]
+
+    xcom = airflow.api("GET", f"{RUNS}/{run_id}/taskInstances/datamix/xcomEntries/return_value").json()
+    mix = Path(xcom["value"])
+    assert mix.is_relative_to(Path(airflow.env["HERD_HOME"])) and (mix / "step.json").is_file()
+
+    monkeypatch.setenv("HERD_HOME", airflow.env["HERD_HOME"])
+    from tasks.runtime import tracking
+
+    client = tracking.client()
+    parent = tracking.find_parent(client, run_id)
+    assert parent is not None and parent.info.status == "FAILED"
+    children = {child.data.tags["herd.stage"]: child for child in client.search_runs(
+        [tracking.experiment_id(client)], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert sorted(children) == sorted(SELECTED)
+    assert all(child.info.status == "FINISHED" for child in children.values())
+    assert children["datamix"].data.params["input.corpus"] == str(udhr_subset)
+    assert children["datamix"].data.metrics["docs_kept"] > 0
+    assert children["tokenizer"].data.params["vocab_size"] == "1024"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    # The driver's path given: Selenium does not go looking for one to download.
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    yield browser
+    browser.quit()
+
+
+def test_ui_trigger_form_starts_a_run_with_the_parameters_typed_in(browser, airflow, udhr_subset, tmp_path,
+                                                                   record_property):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 90)  # the React app renders slowly on two busy cores
+    screenshot = tmp_path / "llama4_pipeline-triggered.png"
+    try:
+        browser.get(f"{airflow.url}/dags/{DAG_ID}")
+        wait.until(ready.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys(airflow.password)
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+        wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=trigger-dag-button]"))).click()
+        submit = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "[data-testid=trigger-dag-submit]")))
+        # The defaults alone are a valid trigger: no field the user may leave empty holds the button back.
+        wait.until(lambda _: submit.is_enabled())
+
+        stages = browser.find_element(By.CSS_SELECTOR, "input[aria-label='Select one or multiple values']")
+        stages.find_element(By.XPATH, "following::button[@aria-label='Clear selected options'][1]").click()
+        stages.send_keys("datamix")
+        stages.send_keys(Keys.ENTER)
+        chosen = [e.get_attribute("value") for e in browser.find_elements(By.NAME, "element_stages")]
+        assert chosen == ["datamix"]
+        browser.find_element(By.NAME, "element_corpus").send_keys(str(udhr_subset))
+        wait.until(lambda _: submit.is_enabled())
+        submit.click()
+
+        wait.until(ready.url_contains(f"/dags/{DAG_ID}/runs/"))
+        run_id = unquote(browser.current_url.rsplit("/runs/", 1)[1])
+        # The run's page: its header names the run and who triggered it.
+        wait.until(ready.text_to_be_present_in_element((By.TAG_NAME, "body"), run_id))
+        wait.until(ready.text_to_be_present_in_element((By.TAG_NAME, "body"), "Triggering User"))
+    finally:
+        browser.save_screenshot(str(screenshot))
+
+    run = airflow.api("GET", f"{RUNS}/{run_id}").json()
+    assert run["run_type"] == "manual" and run["triggering_user_name"] == "admin"
+    assert run["conf"]["corpus"] == str(udhr_subset) and run["conf"]["stages"] == ["datamix"]
+    assert screenshot.stat().st_size > 10_000
+    record_property("screenshot", str(screenshot))
+    print(f"screenshot: {screenshot}")
