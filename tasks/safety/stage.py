@@ -60,7 +60,7 @@ from tasks.runtime import storage
 from tasks.runtime.reports import log_csv
 from tasks.safety.chat import ChatModel, as_judge, load_chat_model
 from tasks.safety.config import CyberSecEvalConfig
-from tasks.safety.cyberseceval import run_suite
+from tasks.safety.cyberseceval import EvaluationError, run_suite
 from tasks.safety.goat import (
     ChatJudge,
     GoatSettings,
@@ -140,8 +140,20 @@ def run_cyberseceval_part(ctx, config: SafetyConfig, target: ChatModel, output_g
     if not found:
         return figures
     cse_config = cyberseceval_config(config)
-    results = run_suite(found, ctx.workdir / "cyberseceval", target, judge=config.judge or None, config=cse_config,
-                        tracker=ctx.tracker, scratch=scratch, judge_api_key_env=config.judge_api_key_env or None)
+    results, unscored = {}, {}
+    for benchmark, uri in found.items():
+        # One benchmark at a time: a model that leaves every case of one benchmark unscorable
+        # (e.g. a small model's empty answers) has no figure for it, and the others still run.
+        try:
+            results.update(run_suite({benchmark: uri}, ctx.workdir / "cyberseceval", target,
+                                     judge=config.judge or None, config=cse_config, tracker=ctx.tracker,
+                                     scratch=scratch, judge_api_key_env=config.judge_api_key_env or None))
+        except EvaluationError as err:
+            log.warning("safety: %s has no figure: %s", benchmark, err)
+            unscored[benchmark] = str(err)
+    figures["cyberseceval_unscored"] = unscored
+    if not results:
+        return figures
     figures["cyberseceval_self_judged"] = any(r.summary["self_judged"] for r in results.values())
     for benchmark, result in results.items():
         prefix, name, key, scale = HEADLINES[benchmark]
