@@ -67,3 +67,20 @@ def output_of(result) -> str:
     lines = [line for line in result.stdout.splitlines() if line.startswith("HERD_OUTPUT=")]
     assert lines, result.stdout
     return lines[-1].split("=", 1)[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: stage processes run in their own sessions, out of reach of killpg."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], list(children.get(pid, []))
+    while queue:
+        child = queue.pop()
+        found.append(child)
+        queue.extend(children.get(child, []))
+    return found

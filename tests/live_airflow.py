@@ -27,6 +27,8 @@ from typing import Any, Self
 
 import httpx
 
+from conftest import descendants
+
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 SERVICES = ("dag-processor", "scheduler", "triggerer")
@@ -48,23 +50,6 @@ def started(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``: stage processes run in their own sessions, out of reach of killpg."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, queue = [], list(children.get(pid, []))
-    while queue:
-        child = queue.pop()
-        found.append(child)
-        queue.extend(children.get(child, []))
-    return found
 
 
 class ThrowawayPostgres:

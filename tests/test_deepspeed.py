@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, output_of
+from conftest import REPO, descendants, output_of
 
 pytest.importorskip("deepspeed")
 
@@ -37,22 +37,6 @@ def tokens(udhr_subset, tmp_path_factory) -> str:
 def torchrun(home: Path, *args: str) -> list[str]:
     """Two ranks through `herd launch`, the code path every pod of a Kubernetes gang runs."""
     return [sys.executable, "-m", "tasks.cli", "launch", "--nproc", "2", "--", *args]
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, queue = [], list(children.get(pid, []))
-    while queue:
-        child = queue.pop()
-        found.append(child)
-        queue.extend(children.get(child, []))
-    return found
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess:

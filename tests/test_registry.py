@@ -11,23 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_gate import GOOD, Gates, _with, gate_home, tiny_export
+from test_gate import GOOD, _with, export, gates  # noqa: F401 (fixtures shared with the gate tests)
 
 from herd.config import ConfigError
 from tasks.registry import versions
 from tasks.registry.promote import promote
 
 
-@pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    return tiny_export(tmp_path_factory.getbasetemp() / "gate-tiny-model")
-
-
-@pytest.fixture
-def gates(tmp_path_factory, export, monkeypatch) -> Gates:
-    home = gate_home(tmp_path_factory)
-    monkeypatch.setenv("HERD_HOME", str(home))
-    return Gates(home, export)
 
 
 @pytest.fixture
