@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_gate import GOOD, _with, export, gates  # noqa: F401 (fixtures shared with the gate tests)
+from test_gate import GOOD, _with, export, gates  # noqa: F401, F811 (fixtures shared with the gate tests)
 
 from herd.config import ConfigError
 from tasks.registry import versions
