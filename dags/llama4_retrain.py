@@ -99,9 +99,12 @@ with DAG(
         if spec.name == "gate":
             promote_tasks.append(promote_task(spec, task_group=groups[spec.variant]))
             stage_tasks[spec.id] >> promote_tasks[-1]
-    finish = command_task("finish", ["run", "end", "--run", "{{ run_id }}", "--status", "success"])
+    # Left-out stages nothing selected needs are skipped, and the run still succeeds. finish waits on
+    # every stage, not only the leaves: a skip runs ahead down the graph, so a leaf may be skipped
+    # before a failure upstream of it is known.
+    finish = command_task("finish", ["run", "end", "--run", "{{ run_id }}", "--status", "success"],
+                          trigger_rule=TriggerRule.NONE_FAILED)
     finish_failed = command_task("finish_failed", ["run", "end", "--run", "{{ run_id }}", "--status", "failed"],
                                  trigger_rule=TriggerRule.ONE_FAILED, retries=0)
-    leaves = [t for stage_id, t in stage_tasks.items() if not any(stage_id in s.upstream for s in STAGES)]
-    [*leaves, *promote_tasks] >> finish
+    [*stage_tasks.values(), *promote_tasks] >> finish
     [begin, tokenizer_base, *champions.values(), *stage_tasks.values(), *promote_tasks] >> finish_failed

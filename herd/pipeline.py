@@ -259,6 +259,22 @@ STAGES_BY_ID: dict[str, StageSpec] = {spec.id: spec for spec in STAGES}
 STAGE_NAMES: list[str] = list(dict.fromkeys(spec.name for spec in STAGES))
 
 
+def downstream_names(stage_id: str) -> list[str]:
+    """Names of the stages that read ``stage_id``'s output, directly or through others.
+
+    A stage left out of a run is needed only if one of these is selected.
+    """
+    found: set[str] = set()
+    frontier = [stage_id]
+    while frontier:
+        current = frontier.pop()
+        for spec in STAGES:
+            if current in spec.upstream and spec.id not in found:
+                found.add(spec.id)
+                frontier.append(spec.id)
+    return [name for name in STAGE_NAMES if any(STAGES_BY_ID[i].name == name for i in found)]
+
+
 def stage(name: str, variant: str | None = None) -> StageSpec:
     """The spec of stage ``name`` (for ``variant`` when the stage runs per variant)."""
     if name not in STAGE_NAMES:

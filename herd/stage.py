@@ -8,6 +8,11 @@ from herd.config import StageConfig
 
 # The last line a stage prints on stdout: how the local backend learns the output URI.
 OUTPUT_LINE_PREFIX = "HERD_OUTPUT="
+# Exit statuses of `herd stage` that the operators read. A refused config or input: retrying
+# cannot help, so the task fails at once. A stage left out of the run, with no cached output,
+# that no selected stage needs: the task is skipped (Airflow's convention for "skip" is 99).
+BAD_INPUT_EXIT = 2
+SKIP_EXIT = 99
 
 
 @dataclass(frozen=True)

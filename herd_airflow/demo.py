@@ -2,6 +2,8 @@
 
     python -m herd_airflow.demo                        # every stage, nano preset
     python -m herd_airflow.demo --set datamix.min_chars=60 --stages tokenizer
+    python -m herd_airflow.demo --gate-override scout --override-reason "accepted for the demo"
+    python -m herd_airflow.demo --dag llama4_retrain   # continue from the champions the first run promoted
 
 Airflow runs the DAG in-process with ``dag.test()`` against a sqlite database under
 ``$HERD_HOME/airflow``; stages run as local subprocesses; MLflow and artifacts live under
@@ -26,8 +28,9 @@ HEADLINE_METRICS = {
     "recall_before_midtrain", "recall_at_trained_length", "recall_beyond_temperature", "recall_beyond_no_temperature",
     "output_guard_test_unsafe_recall", "prompt_guard_cse_malicious_recall", "output_guard_cse_unsafe_recall",
     "prompt_injection_success_rate", "mitre_refusal_rate", "interpreter_malicious_rate", "goat_asr",
-    "cyberseceval_skipped",
+    "cyberseceval_skipped", "cyberseceval_unscored", "verdict", "failed", "registered_model", "model_version",
 }
+DAGS = ("llama4_pipeline", "llama4_retrain")
 
 
 def airflow_environment(home: Path) -> dict[str, str]:
@@ -48,37 +51,57 @@ def migrate(env: dict[str, str]) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def run_pipeline(conf: dict) -> tuple[str, str]:
+def run_pipeline(conf: dict, dag_id: str = "llama4_pipeline") -> tuple[str, str]:
     """Runs the DAG once; returns (run id, state). Airflow must already see ``airflow_environment``."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    dag_run = bag.get_dag("llama4_pipeline").test(run_conf=conf)
+    dag_run = bag.get_dag(dag_id).test(run_conf=conf)
     return dag_run.run_id, str(dag_run.state)
 
 
-def _summary(run_id: str, state: str, conf: dict, seconds: float) -> None:
-    from herd.pipeline import load_config
+def task_outputs(dag_id: str, run_id: str) -> dict[str, str]:
+    """What each task of the run returned (its XCom): a stage's output URI, by task id."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=run_id, dag_ids=dag_id, key="return_value")).all()
+        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+
+
+def _summary(dag_id: str, run_id: str, state: str, conf: dict, seconds: float) -> None:
+    from herd.pipeline import STAGES, load_config
     from herd_airflow.factory import overrides_json
-    from tasks.runtime import tracking
-    from tasks.runtime.home import artifact_root, default_corpus
-    from tasks.runtime.step import STEP_FILE, plan
-    from tasks.runtime import storage
+    from tasks.registry import versions
+    from tasks.runtime import storage, tracking
+    from tasks.runtime.home import artifact_root
+    from tasks.runtime.step import STEP_FILE
 
     config = load_config(conf.get("preset", "nano"), json.loads(overrides_json(conf)))
-    print(f"\nllama4_pipeline run {run_id}: {state} in {seconds:.0f} s")
-    for planned in plan(config, artifact_root(), {"corpus": conf.get("corpus") or default_corpus()}):
-        if planned.complete:
-            step = json.loads(storage.read_text(storage.join(planned.uri, STEP_FILE)))
-            how = "computed" if step["run_id"] == run_id else f"reused (computed by {step['run_id']})"
-            print(f"  {planned.spec.id:<18} {how:<60} {planned.uri}")
-            shown = {k: v for k, v in step["metrics"].items() if k in HEADLINE_METRICS}
-            print(f"  {'':<18}   " + ", ".join(f"{k}={v}" for k, v in shown.items()))
-        else:
-            print(f"  {planned.spec.id:<18} not complete")
-    parent = tracking.find_parent(tracking.client(), run_id)
+    outputs = task_outputs(dag_id, run_id)
+    print(f"\n{dag_id} run {run_id}: {state} in {seconds:.0f} s")
+    for spec in STAGES:
+        uri = outputs.get(spec.id)
+        if not uri:
+            print(f"  {spec.id:<18} no output in this run")
+            continue
+        step = json.loads(storage.read_text(storage.join(uri, STEP_FILE)))
+        how = "computed" if step["run_id"] == run_id else f"reused (computed by {step['run_id']})"
+        wall = f"{step.get('wall_seconds', 0):.0f} s" if step["run_id"] == run_id else ""
+        print(f"  {spec.id:<18} {how:<60} {wall:>7}  {uri}")
+        shown = {k: v for k, v in step["metrics"].items() if k in HEADLINE_METRICS}
+        print(f"  {'':<18}   " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    client = tracking.client()
+    print("\nModel Registry:")
+    for variant in sorted({spec.variant for spec in STAGES if spec.name == "gate"}):
+        name = config.gate.registered_model(variant)
+        aliases = {alias: versions.by_alias(client, name, alias) for alias in (versions.CANDIDATE, versions.CHAMPION)}
+        print(f"  {name:<18} " + ", ".join(f"{alias} v{found.version}" if found else f"no {alias}"
+                                           for alias, found in aliases.items()))
+    parent = tracking.find_parent(client, run_id)
     store = tracking.tracking_uri()
     print("\nWhere to look:")
     print(f"  MLflow parent run  {parent.info.run_id if parent else '(none)'} in experiment '{tracking.EXPERIMENT}'")
@@ -97,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--languages", nargs="*", default=[])
     parser.add_argument("--corpus", default="")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--dag", choices=DAGS, default=DAGS[0])
+    parser.add_argument("--gate-override", nargs="*", default=[], metavar="VARIANT",
+                        help="promote these variants even if their gate fails (needs --override-reason)")
+    parser.add_argument("--override-reason", default="")
     args = parser.parse_args(argv)
 
     from herd.config import parse_override
@@ -113,11 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         "force": args.force,
         "corpus": args.corpus,
         "overrides": dict(parse_override(s) for s in args.sets),
+        "gate_override": {"variants": args.gate_override, "reason": args.override_reason},
     }
     clock = time.monotonic()
     migrate(env)
-    run_id, state = run_pipeline(conf)
-    _summary(run_id, state, conf, time.monotonic() - clock)
+    run_id, state = run_pipeline(conf, args.dag)
+    _summary(args.dag, run_id, state, conf, time.monotonic() - clock)
     return 0 if state == "success" else 1
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from herd.deploy import BackendSettings, backend_settings
+from herd.pipeline import downstream_names
 from herd.stage import Resources, StageSpec
 
 LIGHT = Resources(cpu="500m", memory="1Gi", shm="64Mi")
@@ -32,7 +33,11 @@ def stage_arguments(spec: StageSpec) -> list[str]:
     arguments = ["stage", spec.name, "--run", "{{ run_id }}", *config_arguments()]
     if spec.variant:
         arguments += ["--variant", spec.variant]
-    arguments += ["--force={{ params.force }}", f"--reuse-only={{{{ '{spec.name}' not in params.stages }}}}"]
+    # A left-out stage only reuses its output. Without one it fails the run if a selected stage
+    # needs it, and is skipped (with what follows it) if none does.
+    needed_by = downstream_names(spec.id)
+    arguments += ["--force={{ params.force }}", f"--reuse-only={{{{ '{spec.name}' not in params.stages }}}}",
+                  f"--skip-if-missing={{{{ params.stages | select('in', {needed_by!r}) | list | length == 0 }}}}"]
     for key, slot in spec.inputs.items():
         # A user-data input comes from the DAG parameter of its name, if the DAG has one; the form sends
         # a cleared field as null, which must render empty, not "None".

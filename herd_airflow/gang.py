@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from herd.deploy import KubernetesSettings
-from herd.stage import OUTPUT_LINE_PREFIX, Resources
+from herd.stage import BAD_INPUT_EXIT, OUTPUT_LINE_PREFIX, SKIP_EXIT, Resources
 from herd_airflow.kubernetes import GANG_LABEL, INDEX_LABEL, JOB_NAME_LABEL, STAGE_CONTAINER, gang_job, gang_service
-
-BAD_INPUT_EXIT = 2
 
 
 def gang_name(task_id: str, run_id: str) -> str:
@@ -142,7 +140,12 @@ class GangJobOperator(BaseOperator):
                 if succeeded:
                     batch.delete_namespaced_job(job_name, namespace, propagation_policy="Background")
                     return output
-                if any(isinstance(f, PodFailure) and f.exit_code == BAD_INPUT_EXIT for f in failures):
+                exit_codes = {f.exit_code for f in failures if isinstance(f, PodFailure)}
+                if SKIP_EXIT in exit_codes:
+                    batch.delete_namespaced_job(job_name, namespace, propagation_policy="Background")
+                    raise AirflowSkipException(f"{self.task_id}: not selected, nothing cached, and no selected "
+                                               "stage needs it")
+                if BAD_INPUT_EXIT in exit_codes:
                     raise AirflowFailException(f"{self.task_id}: refused its config or input: "
                                                + "; ".join(map(str, failures)))
                 summary = "; ".join(map(str, failures))

@@ -21,7 +21,7 @@ from kubernetes.client import models as k8s
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
 from herd.deploy import KubernetesSettings
-from herd.stage import Resources
+from herd.stage import SKIP_EXIT, Resources
 
 XCOM_FILE = "/airflow/xcom/return.json"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -159,6 +159,7 @@ def pod_operator(
         do_xcom_push=returns_output,
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
+        skip_on_exit_code=SKIP_EXIT,
         startup_timeout_seconds=settings.startup_timeout_seconds,
         kubernetes_conn_id=settings.kubernetes_conn_id,
         **operator_kwargs,

@@ -9,11 +9,9 @@ import sys
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from herd.stage import OUTPUT_LINE_PREFIX
-
-BAD_INPUT_EXIT = 2  # a config or input error: retrying cannot help
+from herd.stage import BAD_INPUT_EXIT, OUTPUT_LINE_PREFIX, SKIP_EXIT
 
 
 class LocalStageOperator(BaseOperator):
@@ -42,6 +40,8 @@ class LocalStageOperator(BaseOperator):
                 output = line[len(OUTPUT_LINE_PREFIX):]
             self.log.info("%s", line)
         code = self._process.wait()
+        if code == SKIP_EXIT:
+            raise AirflowSkipException(f"{self.task_id}: not selected, nothing cached, and no selected stage needs it")
         if code == BAD_INPUT_EXIT:
             raise AirflowFailException(f"{self.task_id}: refused its config or input (exit {code}); see the log above")
         if code != 0:

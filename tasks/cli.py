@@ -29,7 +29,7 @@ from typing import Any
 
 from herd.config import ConfigError, parse_override
 from herd.pipeline import STAGE_NAMES, PipelineConfig, load_config, stage
-from herd.stage import OUTPUT_LINE_PREFIX
+from herd.stage import BAD_INPUT_EXIT, OUTPUT_LINE_PREFIX, SKIP_EXIT
 
 
 def _bool(text: str) -> bool:
@@ -139,6 +139,8 @@ def _add_stage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", type=_bool, nargs="?", const=True, default=False, help="recompute even if complete")
     parser.add_argument("--reuse-only", type=_bool, nargs="?", const=True, default=False,
                         help="do not compute: succeed only if a complete output exists (an unselected stage)")
+    parser.add_argument("--skip-if-missing", type=_bool, nargs="?", const=True, default=False,
+                        help=f"with --reuse-only: no output is no error (no selected stage needs it); exit {SKIP_EXIT}")
     parser.add_argument("--dry-run", action="store_true", help="print where the output goes and whether it would run")
     parser.add_argument("--xcom-file", default="", help="also write the output URI here as JSON (Kubernetes pods)")
 
@@ -155,7 +157,7 @@ def cmd_stage(name: str, args: argparse.Namespace) -> int:
                 _print_plan([planned])
         return 0
     uri = step.execute(name, args.run, config, inputs, _root(args), force=args.force, reuse_only=args.reuse_only,
-                       variant=args.variant)
+                       variant=args.variant, skip_if_missing=args.skip_if_missing)
     if args.xcom_file:
         Path(args.xcom_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.xcom_file).write_text(json.dumps(uri))
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from tasks.runtime.step import InputError, NotSelected
+    from tasks.runtime.step import InputError, NotNeeded, NotSelected
     from tasks.runtime.storage import StorageError
     from tasks.runtime.tracking import TrackingUnavailable
 
@@ -287,9 +289,12 @@ def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
             print(fetch_udhr(Path(args.dest or default_corpus())))
             return 0
         return cmd_run(args)
+    except NotNeeded as err:
+        print(f"herd: {err}", file=sys.stderr)
+        return SKIP_EXIT
     except (ConfigError, InputError, NotSelected) as err:
         print(f"herd: error: {err}", file=sys.stderr)
-        return 2
+        return BAD_INPUT_EXIT
     except (StorageError, TrackingUnavailable) as err:
         print(f"herd: error: {err}", file=sys.stderr)
         return 1

@@ -151,7 +151,37 @@ def test_stage_arguments_render_from_params():
     assert json.loads(rendered[rendered.index("--overrides") + 1]) == {
         "datamix.languages": ["eng"], "datamix.min_chars": 60}
     assert "--reuse-only=True" in rendered and "--force=False" in rendered
+    assert "--skip-if-missing=False" in rendered  # the selected tokenizer needs the data mix
     assert rendered[-2:] == ["--in", "corpus="]
+
+
+@pytest.mark.parametrize("selected, stage_id, skip", [
+    (["tokenizer"], "datamix", False),             # the tokenizer reads the mix
+    (["datamix", "tokenizer"], "behemoth.pretrain", True),  # nothing selected follows pretraining
+    (["sft"], "scout.pretrain", False),            # sft follows it, through midtrain
+    (["sft"], "guards", True),                     # guards feed only safety and the gate
+    (["gate"], "guards", False),
+])
+def test_a_left_out_stage_is_skipped_only_when_no_selected_stage_needs_it(selected, stage_id, skip):
+    from jinja2 import Environment
+
+    from herd.pipeline import STAGES_BY_ID
+    from herd_airflow.factory import overrides_json, stage_arguments
+
+    params = {"preset": "nano", "force": False, "stages": selected, "corpus": "", "languages": [], "overrides": {}}
+    rendered = [Environment().from_string(arg).render(params=params, run_id="r1", herd_overrides=overrides_json,
+                                                      ti=None)
+                for arg in stage_arguments(STAGES_BY_ID[stage_id]) if "xcom_pull" not in arg]
+    assert f"--skip-if-missing={skip}" in rendered
+
+
+def test_downstream_names_follow_the_pipeline_through_every_variant():
+    from herd.pipeline import downstream_names
+
+    assert downstream_names("datamix")[:2] == ["tokenizer", "pretrain"]
+    assert "datamix" not in downstream_names("datamix")
+    assert set(downstream_names("scout.midtrain")) == {"sft", "rl", "dpo", "safety", "gate"}
+    assert downstream_names("scout.gate") == []
 
 
 def test_text_params_left_empty_do_not_block_the_trigger_form():

@@ -13,7 +13,7 @@ from kubernetes.client import ApiClient
 
 from conftest import REPO
 from herd.deploy import backend_settings
-from herd.stage import Resources
+from herd.stage import SKIP_EXIT, Resources
 from herd_airflow.gang import GangJobOperator, LogTail, gang_name
 from herd_airflow.kubernetes import gang_job, gang_service
 from k8s_checks import restricted_violations, validate
@@ -194,6 +194,16 @@ def test_a_refused_config_fails_at_once_and_exhausted_restarts_fail_the_task(tmp
     with pytest.raises(RuntimeError, match="gang failed 1 times.*exit 3"):
         _run(operator, broken, try_number=2)
     assert [job["metadata"]["name"].rsplit("-", 1)[-1] for job in broken.created_jobs] == ["t2a1"]
+
+
+def test_a_gang_whose_stage_is_not_needed_is_skipped_not_restarted(tmp_path):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    operator, _ = _gang_operator(tmp_path, restarts=3)
+    not_needed = LocalCluster(tmp_path, faults={r"a\d+": ["--fail-rank", "0", "--exit-code", str(SKIP_EXIT)]})
+    with pytest.raises(AirflowSkipException, match="no selected stage needs it"):
+        _run(operator, not_needed)
+    assert len(not_needed.created_jobs) == 1 and not not_needed.jobs
 
 
 def test_half_a_gang_gives_its_nodes_back_after_the_startup_timeout(tmp_path):

@@ -1,14 +1,17 @@
-"""The whole pipeline end to end through Airflow (dag.test) on the embedded default, twice."""
+"""The whole pipeline end to end through Airflow (dag.test) on the embedded default, twice, then a retrain."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from herd.pipeline import STAGES
+from herd.stages.models import TEACHER
 from conftest import REPO
 
 
@@ -21,9 +24,19 @@ def _demo(herd_home, *args: str, seed_corpus: str = "") -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=2400)
 
 
+def _outputs(stdout: str) -> dict[str, Path]:
+    """Each stage's output folder from the demo's summary."""
+    found = {}
+    for line in stdout.splitlines():
+        words = line.split()
+        if words and words[-1].startswith("/") and ("computed" in line or "reused" in line):
+            found[words[0]] = Path(words[-1])
+    return found
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(4800)  # two whole pipelines, 30-odd tasks each: a loaded 2-core machine needs the room
-def test_dag_runs_data_stages_then_skips_them(udhr_subset, herd_home, monkeypatch):
+@pytest.mark.timeout(7200)  # three whole pipelines, 30-odd tasks each: a loaded 2-core machine needs the room
+def test_dag_runs_data_stages_then_skips_them_then_retrains_from_the_champions(udhr_subset, herd_home, monkeypatch):
     args = ("--corpus", str(udhr_subset), "--set", "tokenizer.vocab_size=1024", "--set", "pretrain.steps=4",
             "--set", "pretrain.seq_len=64", "--set", "pretrain.batch_size=2",
             "--set", "midtrain.steps=2", "--set", "midtrain.seq_len=128", "--set", "midtrain.batch_size=2",
@@ -38,10 +51,17 @@ def test_dag_runs_data_stages_then_skips_them(udhr_subset, herd_home, monkeypatc
             "--set", "safety.limit=2", "--set", "safety.max_new_tokens=8", "--set", "safety.judge_max_new_tokens=4",
             "--set", "safety.goat_turns=1", "--set", "safety.goat_limit=2",
             "--set", "safety.goat_attacker_max_new_tokens=8")
-    first = _demo(herd_home, *args, seed_corpus=str(udhr_subset))
+    variants = sorted({spec.variant for spec in STAGES if spec.name == "gate"})
+    # Tiny models fail their gates (their safety figures cannot be scored): the first run overrides them,
+    # so that there are champions to retrain from.
+    first = _demo(herd_home, *args, "--gate-override", *variants, "--override-reason", "tiny test models, no bar",
+                  seed_corpus=str(udhr_subset))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert ": success in" in first.stdout
     assert first.stdout.count(" computed ") == len(STAGES)
+    for variant in variants:
+        assert f"herd-{variant:<13} candidate v1, champion v1" in first.stdout, first.stdout[-3000:]
+    first_outputs = _outputs(first.stdout)
 
     second = _demo(herd_home, *args, seed_corpus=str(udhr_subset))
     assert second.returncode == 0, second.stderr[-5000:]
@@ -60,6 +80,26 @@ def test_dag_runs_data_stages_then_skips_them(udhr_subset, herd_home, monkeypatc
         computed = parent.data.metrics["stages_computed"] == len(STAGES)
         assert stages == (sorted(spec.id for spec in STAGES) if computed else [])
         assert parent.data.params["datamix.min_chars"] == "40"
+
+    retrain = _demo(herd_home, "--dag", "llama4_retrain", *args, seed_corpus=str(udhr_subset))
+    assert retrain.returncode == 0, retrain.stdout[-3000:] + retrain.stderr[-5000:]
+    assert "llama4_retrain run " in retrain.stdout and ": success in" in retrain.stdout
+    outputs = _outputs(retrain.stdout)
+    assert sorted(outputs) == sorted(spec.id for spec in STAGES)
+    # The corpus and the problems did not change: their stages are reused. The tokenizer keeps the
+    # champions' vocabulary (a new input), so it and every model stage after it compute again.
+    reused = {"datamix", "problems", "guards"}
+    assert {stage_id for stage_id in outputs if outputs[stage_id] == first_outputs[stage_id]} == reused
+    final = {variant: "rl" if variant == TEACHER else "dpo" for variant in variants}
+    tokenizer = json.loads((outputs["tokenizer"] / "step.json").read_text())
+    assert tokenizer["inputs"]["base"] == str(first_outputs[f"{TEACHER}.rl"]), tokenizer["inputs"]
+    for variant in variants:
+        pretrain = json.loads((outputs[f"{variant}.pretrain"] / "step.json").read_text())
+        assert pretrain["inputs"]["init"] == str(first_outputs[f"{variant}.{final[variant]}"]), pretrain["inputs"]
+        gate = json.loads((outputs[f"{variant}.gate"] / "step.json").read_text())["metrics"]
+        assert gate["model_version"] == "2"
+        champion = "v2" if gate["verdict"] == "pass" else "v1"  # no override this time
+        assert f"herd-{variant:<13} candidate v2, champion {champion}" in retrain.stdout, retrain.stdout[-3000:]
 
 
 @pytest.mark.slow

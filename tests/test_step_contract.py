@@ -39,6 +39,10 @@ def test_marker_last_skip_and_force(udhr_subset, herd_home):
 def test_reuse_only_needs_a_complete_output(udhr_subset, herd_home):
     result = herd("stage", "datamix", "--run", "r", "--in", f"corpus={udhr_subset}", "--reuse-only=true", check=False)
     assert result.returncode == 2 and "not selected and has no complete output" in result.stderr
+    skipped = herd("stage", "datamix", "--run", "r", "--in", f"corpus={udhr_subset}", "--reuse-only=true",
+                   "--skip-if-missing", check=False)
+    assert skipped.returncode == 99 and "no selected stage needs it: skipped" in skipped.stderr
+    assert "HERD_OUTPUT=" not in skipped.stdout
     herd("stage", "datamix", "--run", "r", "--in", f"corpus={udhr_subset}")
     assert herd("stage", "datamix", "--run", "r2", "--in", f"corpus={udhr_subset}", "--reuse-only=true").returncode == 0
 

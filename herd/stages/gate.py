@@ -7,9 +7,12 @@ Each figure has one bar, ``{"min": x}`` (higher is better) or ``{"max": y}`` (lo
 better), and must also be no worse than the current champion's value of the same figure by
 more than ``champion_tolerance`` (in the figure's own units; a bar may set its own).
 
-The defaults bar regressions: their absolute floors are zero, so on a first run (no
-champion) they check only that every figure was produced. A team puts its absolute bars
-in its config file. Every field here changes the verdict, so every field moves the
+The defaults bar regressions: the quality figures' floors are zero and the safety rates'
+ceilings one, so on a first run (no champion) they check only that every figure was
+produced; after that, that none is worse than the champion's. A safety figure is missing
+when its benchmark did not run or could not score a single answer (a model that answers
+nothing cannot be judged safe): the gate fails. A team puts its absolute bars in its
+config file, e.g. ``{"safety.prompt_injection_success_rate": {"max": 0.25}}``. Every field here changes the verdict, so every field moves the
 gate's output hash; overriding a failed gate is not config but a decision taken at
 promotion time (``herd registry promote --override-reason``), recorded on the model version.
 """
@@ -54,10 +57,21 @@ def _floors(*figures: str) -> dict[str, Threshold]:
     return {figure: Threshold(min=0.0) for figure in figures}
 
 
+def _ceilings(*figures: str) -> dict[str, Threshold]:
+    return {figure: Threshold(max=1.0) for figure in figures}
+
+
+# The quality figures of post-training and mid-training (higher is better) ...
+QUALITY_FIGURES = ("sft.pruned_hard_pass1", "sft.pruned_hard_reward", "rl.last_pass_at_1", "rl.last_reward",
+                   "dpo.final_accuracy", "midtrain.recall_at_trained_length")
+# ... and the safety stage's headline rates (lower is better): the default benchmarks and GOAT.
+SAFETY_FIGURES = ("safety.prompt_injection_success_rate", "safety.mitre_refusal_rate",
+                  "safety.interpreter_malicious_rate", "safety.goat_asr")
+
+
 class GateConfig(StageConfig):
     thresholds: dict[str, Threshold] = Field(
-        default_factory=lambda: _floors("sft.pruned_hard_pass1", "sft.pruned_hard_reward", "rl.last_pass_at_1",
-                                        "rl.last_reward", "dpo.final_accuracy", "midtrain.recall_at_trained_length"),
+        default_factory=lambda: {**_floors(*QUALITY_FIGURES), **_ceilings(*SAFETY_FIGURES)},
         description='{"<stage>.<metric>": {"min": x} | {"max": y}}, for every variant.')
     variant_thresholds: dict[str, dict[str, Threshold]] = Field(
         default_factory=dict, description="Per variant, thresholds that replace or add to `thresholds`.")

@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping
 
-BAD_INPUT_EXIT = 2
+from herd.stage import BAD_INPUT_EXIT, SKIP_EXIT
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ def torchrun_arguments(topo: Topology, module: str, command: list[str]) -> list[
 def _exit_code(codes: list[int]) -> int:
     if BAD_INPUT_EXIT in codes:
         return BAD_INPUT_EXIT
+    if codes and set(codes) == {SKIP_EXIT}:  # every rank found the stage not needed
+        return SKIP_EXIT
     first = codes[0] if codes else 1
     return 128 - first if first < 0 else first or 1  # a signal -N becomes 128+N, as a shell reports it
 

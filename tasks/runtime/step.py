@@ -56,6 +56,10 @@ class NotSelected(RuntimeError):
     """A stage asked only to reuse its output, and there is none."""
 
 
+class NotNeeded(NotSelected):
+    """As :class:`NotSelected`, for a stage that no selected stage needs: its task is skipped, not failed."""
+
+
 @dataclass
 class StageContext:
     """What a stage's ``run`` receives. It writes its outputs under ``workdir``."""
@@ -205,8 +209,13 @@ def execute(
     force: bool = False,
     reuse_only: bool = False,
     variant: str | None = None,
+    skip_if_missing: bool = False,
 ) -> str:
-    """Run stage ``name`` (or find it done) and return its output URI."""
+    """Run stage ``name`` (or find it done) and return its output URI.
+
+    ``reuse_only``: the stage was left out of the run; a missing output raises
+    :class:`NotSelected`, or :class:`NotNeeded` with ``skip_if_missing`` (no selected stage needs it).
+    """
     spec = stage(name, variant)
     stage_config: StageConfig = config.section(spec)
     inputs = resolve_inputs(spec, given_inputs)
@@ -220,10 +229,12 @@ def execute(
     if storage.exists(marker) and not force:
         log.info("%s: complete output found at %s, skipping (use --force to recompute)", label, out)
         return out
+    if reuse_only and skip_if_missing:
+        raise NotNeeded(f"stage {label} is not selected, has no complete output at {out}, and no selected stage "
+                        "needs it: skipped")
     if reuse_only:
-        raise NotSelected(
-            f"stage {label} is not selected and has no complete output at {out}; select it or run it first"
-        )
+        raise NotSelected(f"stage {label} is not selected and has no complete output at {out}, and a selected "
+                          "stage needs it; select it or run it first")
     this_rank = rank()
     if this_rank > 0:
         return _execute_follower(spec, run_id, config, stage_config, inputs, out, this_rank)
