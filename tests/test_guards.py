@@ -146,3 +146,23 @@ def test_guards_round_trip_through_safetensors(guards, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a guards stage output"):
         load_guards(str(tmp_path / "output_guard"), tmp_path / "scratch2")
     assert isinstance(loaded_output, OutputGuard)
+
+
+def test_a_guard_from_other_code_is_refused_with_what_to_do(guards, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    output_guard, _ = guards
+    folder = tmp_path / "output_guard"
+    output_guard.save(folder)
+    info = json.loads((folder / "guard.json").read_text())
+    (folder / "guard.json").write_text(json.dumps({**info, "labels": info["labels"][:-1]}))
+    with pytest.raises(ValueError, match=r"expects .*recompute the guards stage"):
+        OutputGuard.load(folder)
+    (folder / "guard.json").write_text(json.dumps(info))
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file({"weight": tensors["weight"][:, :-1].contiguous(), "bias": tensors["bias"][:-1].contiguous()},
+              str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"do not fit .* buckets x .* labels"):
+        OutputGuard.load(folder)

@@ -185,7 +185,16 @@ class _Guard:
         info = json.loads((folder / "guard.json").read_text())
         if info.get("kind") != cls.kind:
             raise ValueError(f"{folder} holds a {info.get('kind')!r} guard, not a {cls.kind!r} one")
+        # A guard trained by other code (another label set or head) must not load into a wrong head.
+        if tuple(info.get("labels", ())) != tuple(cls.labels):
+            raise ValueError(f"{folder}: this {cls.kind} guard has labels {info.get('labels')}, this code expects "
+                             f"{list(cls.labels)}; recompute the guards stage (--force)")
         tensors = load_file(str(folder / "model.safetensors"))
+        expected = (info["buckets"], len(cls.labels))  # one row of label weights per feature bucket
+        if tuple(tensors["weight"].shape) != expected or tuple(tensors["bias"].shape) != expected[1:]:
+            raise ValueError(f"{folder}: weight {tuple(tensors['weight'].shape)} and bias "
+                             f"{tuple(tensors['bias'].shape)} do not fit {expected[0]} buckets x {expected[1]} labels; "
+                             "recompute the guards stage (--force)")
         model = LinearGuard(info["buckets"], len(info["labels"]))
         model.weight.weight.data.copy_(tensors["weight"])
         model.bias.data.copy_(tensors["bias"])
