@@ -24,7 +24,7 @@ plan: install
 	$(PY) -m tasks.cli plan $(ARGS)
 
 test: install
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
