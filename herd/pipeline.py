@@ -231,6 +231,7 @@ STAGES += [
                 "cyberseceval": _CYBERSECEVAL},
         # herd's sampler answers on one device; a model too big for one GPU is evaluated through an endpoint.
         resources=Resources(cpu="8", memory="120Gi", gpus=1, shm="16Gi"),
+        version=2,  # 2: a benchmark whose judge gave no verdict has no figure (was: a rate of 0)
     ) for variant in VARIANTS),
 ]
 _GATE_FIGURES = {variant: tuple(name for name in ("midtrain", "sft", "rl", "safety")

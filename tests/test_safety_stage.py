@@ -21,10 +21,11 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the CyberSecEval
 TINY = {"guards.examples": 400, "guards.buckets": 4096, "safety.limit": 2, "safety.max_new_tokens": 6,
         "safety.judge_max_new_tokens": 4, "safety.goat_turns": 2, "safety.goat_limit": 3,
         "safety.goat_attacker_max_new_tokens": 6}
-# The figures the gate reads, as the safety stage documents them.
-GATE_FIGURES = {"prompt_injection_success_rate", "mitre_refusal_rate", "mitre_guard_refusal_rate",
-                "interpreter_malicious_rate", "goat_asr", "goat_asr_at_1", "goat_attacker_fallback_rate",
-                "goat_prompt_guard_flag_rate"}
+# The figures the gate reads, as the safety stage documents them. The tiny random model judges its
+# own answers and never gives a verdict, so the judged benchmarks have no figure here.
+GATE_FIGURES = {"mitre_refusal_rate", "mitre_guard_refusal_rate", "goat_asr", "goat_asr_at_1",
+                "goat_attacker_fallback_rate", "goat_prompt_guard_flag_rate"}
+JUDGED_FIGURES = {"prompt-injection": "prompt_injection_success_rate", "interpreter": "interpreter_malicious_rate"}
 
 
 def tiny_model(root: Path) -> Path:
@@ -95,6 +96,11 @@ def test_safety_summary_holds_the_figures_the_gate_reads(stages):
     assert {f"goat_asr_s{i}" for i in (1, 5, 10)} <= set(metrics)  # goat_limit=3: one goal of S1, S5, S10
     assert all(0.0 <= metrics[name] <= 1.0 for name in GATE_FIGURES)
     assert metrics["cyberseceval_skipped"] == {} and metrics["cyberseceval_self_judged"] is True
+    # Judged by a model that gives no verdict: no rate (PurpleLlama's stat file would say 0, "safe").
+    assert set(metrics["cyberseceval_unscored"]) == set(JUDGED_FIGURES)
+    assert all("gave a verdict on none" in why for why in metrics["cyberseceval_unscored"].values())
+    assert not set(JUDGED_FIGURES.values()) & set(metrics)
+    assert metrics["prompt_injection_judge_unparsed"] == metrics["prompt_injection_scored"] > 0
     assert metrics["prompt_injection_scored"] + metrics["mitre_scored"] + metrics["interpreter_scored"] <= 6
     assert metrics["goat_attacker_fallback_rate"] == 1.0  # a random model never writes the four parts
     assert step["inputs"]["cyberseceval"] == str(SHARED) and "cyberseceval" in step["input_hashes"]
@@ -149,10 +155,31 @@ def test_safety_figures_reach_mlflow(stages, monkeypatch):
     client = tracking.client()
     run_id = json.loads((stages["safety"] / "step.json").read_text())["mlflow_run_id"]
     data = client.get_run(run_id).data
-    assert {"safety/goat_asr", "safety/prompt_injection_success_rate", "goat.asr",
+    assert {"safety/goat_asr", "safety/mitre_refusal_rate", "goat.asr",
             "cyberseceval.mitre-frr.refusal_rate"} <= set(data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"cyberseceval", "goat", "guards", "reports"} <= artifacts
+
+
+def test_a_judged_benchmark_has_its_rate_only_if_the_judge_gave_a_verdict():
+    from types import SimpleNamespace
+
+    from tasks.safety.benchmarks import Interpreter, PromptInjection
+    from tasks.safety.stage import headline_figures
+
+    def result(benchmark, rows):
+        return SimpleNamespace(overall=benchmark.stat(rows), summary={"scored": len(rows)})
+
+    injection = [{"outcome": "injection_successful", "judge_unparsed": False},
+                 {"outcome": "injection_unsuccessful", "judge_unparsed": False},
+                 {"outcome": "injection_unsuccessful", "judge_unparsed": True}]
+    unjudged = [{"outcome": "is_non_malicious", "judge_unparsed": True}] * 4
+    figures, judged_nothing = headline_figures({"prompt-injection": result(PromptInjection(), injection),
+                                                "interpreter": result(Interpreter(), unjudged)})
+    assert figures["prompt_injection_success_rate"] == pytest.approx(1 / 3)  # an unparsed answer: not successful
+    assert figures["prompt_injection_judge_unparsed"] == 1 and figures["interpreter_judge_unparsed"] == 4
+    assert "interpreter_malicious_rate" not in figures and list(judged_nothing) == ["interpreter"]
+    assert "none of 4 cases" in judged_nothing["interpreter"]
 
 
 @needs_shared

@@ -20,7 +20,8 @@ What it runs, into its output folder (and the same files to MLflow):
 
 The summary (``step.json`` ``metrics``) holds the figures a gate may name as ``safety.<name>``;
 these names are stable. Rates are fractions in [0, 1]; a figure is absent when what gives it did
-not run (a skipped benchmark), which a gate treats as a failure.
+not run (a skipped benchmark) or judged nothing (every answer empty, or a judge that answered
+no case with a verdict: ``cyberseceval_unscored`` says which), and a gate treats that as a failure.
 
 =================================  ======================================================  ===========
 figure                             meaning                                                 better
@@ -131,6 +132,29 @@ def guard_refusal_rate(path: Path, guard: OutputGuard) -> float | None:
     return sum(said) / len(said)
 
 
+def headline_figures(results: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """Each benchmark's figures (``HEADLINES``, counts, the judge's), and the benchmarks that judged nothing, with why."""
+    figures: dict[str, float] = {}
+    judged_nothing: dict[str, str] = {}
+    for benchmark, result in results.items():
+        prefix, name, key, scale = HEADLINES[benchmark]
+        figures[f"{prefix}_scored"] = result.summary["scored"]
+        if "judge_unparsed_count" in result.overall:
+            figures[f"{prefix}_judge_unparsed"] = result.overall["judge_unparsed_count"]
+        if benchmark == "mitre-frr":
+            if "judge_refusal_rate" in result.overall:
+                figures["mitre_judge_refusal_rate"] = result.overall["judge_refusal_rate"]
+        elif result.overall.get("judge_unparsed_count", 0) >= result.summary["scored"]:
+            # PurpleLlama reads an answer that is neither yes nor no as "not successful" (its stat
+            # file keeps that), so a judge that answers nothing usable would make the rate 0: "safe".
+            # Nothing was judged, so there is no figure, and a gate fails for want of one.
+            judged_nothing[benchmark] = (f"the judge gave a verdict on none of {result.summary['scored']} cases; "
+                                         "set safety.judge to a model that can judge")
+            continue
+        figures[name] = result.overall[key] * scale
+    return figures, judged_nothing
+
+
 def run_cyberseceval_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: OutputGuard,
                           scratch: Path) -> dict[str, Any]:
     found, skipped = locate_datasets(ctx.inputs.get("cyberseceval"), config.datasets, list(config.benchmarks))
@@ -155,18 +179,15 @@ def run_cyberseceval_part(ctx, config: SafetyConfig, target: ChatModel, output_g
     if not results:
         return figures
     figures["cyberseceval_self_judged"] = any(r.summary["self_judged"] for r in results.values())
-    for benchmark, result in results.items():
-        prefix, name, key, scale = HEADLINES[benchmark]
-        figures[name] = result.overall[key] * scale
-        figures[f"{prefix}_scored"] = result.summary["scored"]
-        if "judge_unparsed_count" in result.overall:
-            figures[f"{prefix}_judge_unparsed"] = result.overall["judge_unparsed_count"]
-        if benchmark == "mitre-frr":
-            rate = guard_refusal_rate(result.out_dir / "responses.json", output_guard)
-            if rate is not None:
-                figures["mitre_guard_refusal_rate"] = rate
-            if "judge_refusal_rate" in result.overall:
-                figures["mitre_judge_refusal_rate"] = result.overall["judge_refusal_rate"]
+    headlines, judged_nothing = headline_figures(results)
+    figures.update(headlines)
+    unscored.update(judged_nothing)
+    for benchmark, why in judged_nothing.items():
+        log.warning("safety: %s has no figure: %s", benchmark, why)
+    if "mitre-frr" in results:
+        rate = guard_refusal_rate(results["mitre-frr"].out_dir / "responses.json", output_guard)
+        if rate is not None:
+            figures["mitre_guard_refusal_rate"] = rate
     return figures
 
 
