@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
+from airflow.sdk import DAG, Param, TaskGroup
 
 from herd.pipeline import PRESETS, STAGE_NAMES, STAGES, override_schema
-from herd_airflow.factory import command_task, config_arguments, overrides_json, stage_task
+from herd_airflow.factory import command_task, config_arguments, overrides_json, run_end_tasks, stage_task
 from herd_airflow.registry import OVERRIDE_PARAM, gate_override_param, promote_task
 
 with DAG(
@@ -66,12 +66,4 @@ with DAG(
         if spec.name == "gate":
             promote_tasks.append(promote_task(spec, task_group=groups[spec.variant]))
             stage_tasks[spec.id] >> promote_tasks[-1]
-    # Left-out stages nothing selected needs are skipped, and the run still succeeds. finish waits on
-    # every stage, not only the leaves: a skip runs ahead down the graph, so a leaf may be skipped
-    # before a failure upstream of it is known.
-    finish = command_task("finish", ["run", "end", "--run", "{{ run_id }}", "--status", "success"],
-                          trigger_rule=TriggerRule.NONE_FAILED)
-    finish_failed = command_task("finish_failed", ["run", "end", "--run", "{{ run_id }}", "--status", "failed"],
-                                 trigger_rule=TriggerRule.ONE_FAILED, retries=0)
-    [*stage_tasks.values(), *promote_tasks] >> finish
-    [begin, *stage_tasks.values(), *promote_tasks] >> finish_failed
+    run_end_tasks([*stage_tasks.values(), *promote_tasks], always=[begin])

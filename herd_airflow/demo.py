@@ -89,8 +89,9 @@ def _summary(dag_id: str, run_id: str, state: str, conf: dict, seconds: float) -
             print(f"  {spec.id:<18} no output in this run")
             continue
         step = json.loads(storage.read_text(storage.join(uri, STEP_FILE)))
-        how = "computed" if step["run_id"] == run_id else f"reused (computed by {step['run_id']})"
-        wall = f"{step.get('wall_seconds', 0):.0f} s" if step["run_id"] == run_id else ""
+        computed = step["run_id"] == run_id
+        how = "computed" if computed else f"reused (computed by {step['run_id']})"
+        wall = f"{step.get('wall_seconds', 0):.0f} s" if computed else ""
         print(f"  {spec.id:<18} {how:<60} {wall:>7}  {uri}")
         shown = {k: v for k, v in step["metrics"].items() if k in HEADLINE_METRICS}
         print(f"  {'':<18}   " + ", ".join(f"{k}={v}" for k, v in shown.items()))

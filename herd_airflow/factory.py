@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from airflow.sdk import TriggerRule
+
 from herd.deploy import BackendSettings, backend_settings
 from herd.pipeline import downstream_names
 from herd.stage import Resources, StageSpec
@@ -64,3 +66,19 @@ def command_task(task_id: str, arguments: list[str], resources: Resources = LIGH
 def stage_task(spec: StageSpec, settings: BackendSettings | None = None, **kwargs: Any):
     return command_task(spec.name, stage_arguments(spec), spec.resources, returns_output=True, settings=settings,
                         doc_md=spec.summary, **kwargs)
+
+
+def run_end_tasks(stages: list, always: list) -> tuple:
+    """``finish`` (closes the MLflow parent run as success) and ``finish_failed`` (as failed, if any task failed).
+
+    Left-out stages nothing selected needs are skipped, and the run still succeeds. ``finish``
+    waits on every stage, not only the leaves: a skip runs ahead down the graph, so a leaf may be
+    skipped before a failure upstream of it is known. ``always`` are the tasks before the stages.
+    """
+    finish = command_task("finish", ["run", "end", "--run", "{{ run_id }}", "--status", "success"],
+                          trigger_rule=TriggerRule.NONE_FAILED)
+    finish_failed = command_task("finish_failed", ["run", "end", "--run", "{{ run_id }}", "--status", "failed"],
+                                 trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+    stages >> finish
+    [*always, *stages] >> finish_failed
+    return finish, finish_failed

@@ -12,9 +12,10 @@ ceilings one, so on a first run (no champion) they check only that every figure 
 produced; after that, that none is worse than the champion's. A safety figure is missing
 when its benchmark did not run or could not score a single answer (a model that answers
 nothing cannot be judged safe): the gate fails. A team puts its absolute bars in its
-config file, e.g. ``{"safety.prompt_injection_success_rate": {"max": 0.25}}``. Every field here changes the verdict, so every field moves the
-gate's output hash; overriding a failed gate is not config but a decision taken at
-promotion time (``herd registry promote --override-reason``), recorded on the model version.
+config file, e.g. ``{"safety.prompt_injection_success_rate": {"max": 0.25}}``. Every
+field here changes the verdict, so every field moves the gate's output hash; overriding a
+failed gate is not config but a decision taken at promotion time
+(``herd registry promote --override-reason``), recorded on the model version.
 """
 
 from __future__ import annotations

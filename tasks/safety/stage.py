@@ -59,6 +59,7 @@ from typing import Any
 from herd.stages.safety import SafetyConfig
 from tasks.runtime import storage
 from tasks.runtime.reports import log_csv
+from tasks.safety.benchmarks import BENCHMARKS
 from tasks.safety.chat import ChatModel, as_judge, load_chat_model
 from tasks.safety.config import CyberSecEvalConfig
 from tasks.safety.cyberseceval import EvaluationError, run_suite
@@ -133,7 +134,7 @@ def guard_refusal_rate(path: Path, guard: OutputGuard) -> float | None:
 
 
 def headline_figures(results: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
-    """Each benchmark's figures (``HEADLINES``, counts, the judge's), and the benchmarks that judged nothing, with why."""
+    """Each benchmark's figures (``HEADLINES``, counts, the judge's) and the benchmarks that judged nothing, why."""
     figures: dict[str, float] = {}
     judged_nothing: dict[str, str] = {}
     for benchmark, result in results.items():
@@ -141,10 +142,10 @@ def headline_figures(results: dict[str, Any]) -> tuple[dict[str, float], dict[st
         figures[f"{prefix}_scored"] = result.summary["scored"]
         if "judge_unparsed_count" in result.overall:
             figures[f"{prefix}_judge_unparsed"] = result.overall["judge_unparsed_count"]
-        if benchmark == "mitre-frr":
-            if "judge_refusal_rate" in result.overall:
-                figures["mitre_judge_refusal_rate"] = result.overall["judge_refusal_rate"]
-        elif result.overall.get("judge_unparsed_count", 0) >= result.summary["scored"]:
+        if "judge_refusal_rate" in result.overall:  # mitre-frr, when frr_judge asks the judge too
+            figures["mitre_judge_refusal_rate"] = result.overall["judge_refusal_rate"]
+        unjudged = result.overall.get("judge_unparsed_count", 0) >= result.summary["scored"]
+        if BENCHMARKS[benchmark].needs_judge and unjudged:
             # PurpleLlama reads an answer that is neither yes nor no as "not successful" (its stat
             # file keeps that), so a judge that answers nothing usable would make the rate 0: "safe".
             # Nothing was judged, so there is no figure, and a gate fails for want of one.
