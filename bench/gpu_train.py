@@ -7,7 +7,7 @@ The baseline is herd's own bf16 step, measured in the same run; FP8 (torchao flo
 linears) and transformers' ``Llama4ForCausalLM`` (bf16, SDPA attention) print as ratios to
 it. Every measurement runs in a fresh process, in turn, after warm-up steps. MFU is
 against the device's dense bf16 peak (``tasks/pretrain/flops.py``), for FP8 too, so the
-two are comparable. Run on a lent H100; the figures go to the README.
+two are comparable. Run on a lent H100; the figures go to docs/measured.md.
 """
 
 from __future__ import annotations
