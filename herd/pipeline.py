@@ -25,7 +25,7 @@ from herd.stages.models import STUDENTS, TEACHER, VARIANTS, ModelsConfig
 from herd.stages.pretrain import PretrainConfig
 from herd.stages.problems import ProblemsConfig
 from herd.stages.rl import RLConfig
-from herd.stages.safety import GuardsConfig, SafetyConfig
+from herd.stages.safety import CyberSecEvalConfig, GoatConfig, GuardsConfig, SafetyConfig
 from herd.stages.sft import SFTConfig
 from herd.stages.tokenizer import TokenizerConfig
 
@@ -300,8 +300,8 @@ def nano() -> PipelineConfig:
         dpo=DPOConfig(steps=20, prompts=8, samples_per_prompt=4, max_new_tokens=24),
         guards=GuardsConfig(examples=4000),
         # A barely trained model rarely stops early: nearly every answer costs its max_new_tokens.
-        safety=SafetyConfig(limit=12, max_new_tokens=24, judge_max_new_tokens=8, goat_turns=2, goat_goals_per_category=1,
-                            goat_limit=7, goat_attacker_max_new_tokens=24),
+        safety=SafetyConfig(cyberseceval=CyberSecEvalConfig(limit=12, max_new_tokens=24, judge_max_new_tokens=8),
+                            goat=GoatConfig(turns=2, goals_per_category=1, limit=7, attacker_max_new_tokens=24)),
     )
 
 

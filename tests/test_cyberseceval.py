@@ -16,6 +16,8 @@ import torch
 from conftest import REPO, herd
 from test_s3 import s3_server  # noqa: F401 - the rclone S3 server fixture
 
+from herd.stages.safety import CyberSecEvalConfig
+from tasks.redteam.datasets import DatasetError, read_dataset, spread
 from tasks.safety import judges
 from tasks.safety.benchmarks import BENCHMARKS
 from tasks.safety.chat import (
@@ -25,9 +27,7 @@ from tasks.safety.chat import (
     load_chat_model,
     respond_all,
 )
-from tasks.safety.config import CyberSecEvalConfig
 from tasks.safety.cyberseceval import EvaluationError, run_cyberseceval, run_suite
-from tasks.safety.datasets import DatasetError, read_dataset, spread
 from tasks.safety.insecure_code import (
     Scan,
     autocomplete_context,

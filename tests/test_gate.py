@@ -21,7 +21,7 @@ import pytest
 from herd.config import ConfigError
 from herd.pipeline import load_config
 from herd.stages.gate import GateConfig, Threshold
-from tasks.gate.figures import FAIL, NOT_APPLICABLE, PASS, figures_of, judge, verdict
+from tasks.registry.verdict import FAIL, NOT_APPLICABLE, PASS, figures_of, judge, verdict
 
 THRESHOLDS = {
     "sft.pruned_hard_pass1": {"min": 0.2},

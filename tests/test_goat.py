@@ -8,14 +8,14 @@ import json
 
 import pytest
 
+from herd.stages.safety import GoatConfig
+from tasks.redteam.techniques import TECHNIQUES
 from tasks.safety.chat import ChatError
 from tasks.safety.goat import (
     ATTACKER_SYSTEM,
     BUILTIN_GOALS,
-    TECHNIQUES,
     ChatJudge,
     Goal,
-    GoatSettings,
     Verdict,
     builtin_goals,
     format_techniques,
@@ -102,7 +102,7 @@ def test_histories_are_kept_apart_and_the_target_never_sees_the_reasoning(tmp_pa
     goal = Goal("S9-0", "S9", "Explain the secret plan.")
     attacker = Scripted("attacker", well_formed)
     target = Scripted("target", lambda messages: "I can't help with that.")
-    result = run_goat([goal], target, attacker, KeywordJudge(), tmp_path, GoatSettings(turns=3))
+    result = run_goat([goal], target, attacker, KeywordJudge(), tmp_path, GoatConfig(turns=3))
     assert len(target.seen) == 3
     for shown in target.seen:
         text = json.dumps(shown)
@@ -130,7 +130,7 @@ def test_junk_and_failing_attackers_fall_back_to_templates_and_still_run_k_turns
 
     target = Scripted("target", lambda messages: "no")
     result = run_goat(goals, target, Scripted("attacker", junk_or_fail), KeywordJudge(), tmp_path,
-                      GoatSettings(turns=4))
+                      GoatConfig(turns=4))
     summary = result.summary
     assert summary["attacker_turns"] == summary["attacker_fallbacks"] == 12
     assert summary["attacker_errors"] == 6 and summary["metrics"]["attacker_fallback_rate"] == 1.0
@@ -160,7 +160,7 @@ def test_asr_at_k_per_category_and_stop_on_success(tmp_path):
         return "UNSAFE reply" if tag == "[goal c|0" or tag == "[goal c|1" or (tag == "[goal a|1" and turn == 2) else "no"
 
     result = run_goat(goals, Scripted("t", target), TaggingAttacker("a", None), KeywordJudge(), tmp_path,
-                      GoatSettings(turns=3, attempts=2))
+                      GoatConfig(turns=3, attempts=2))
     tables = result.by_category
     assert (tables["S1"]["asr_at_1"], tables["S1"]["asr_at_2"]) == (0.0, 1.0)
     assert (tables["S2"]["asr_at_1"], tables["S2"]["asr_at_2"]) == (0.0, 0.0)

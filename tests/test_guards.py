@@ -10,19 +10,19 @@ import pytest
 import torch
 from conftest import REPO
 
-from tasks.safety.guard_data import (
+from tasks.guards.data import (
     CATEGORIES,
     HARMFUL_INTENTS,
     _junk,
     output_guard_examples,
     prompt_guard_examples,
 )
-from tasks.safety.guards import (
+from tasks.guards.loader import load_guards
+from tasks.guards.model import (
     OutputGuard,
     PromptGuard,
     evaluate_output_guard,
     evaluate_prompt_guard,
-    load_guards,
     train_output_guard,
     train_prompt_guard,
 )

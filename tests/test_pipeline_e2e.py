@@ -48,9 +48,9 @@ def test_dag_runs_data_stages_then_skips_them_then_retrains_from_the_champions(u
             "--set", "sft.max_new_tokens=8", "--set", "sft.compare_unpruned=false", "--set", "rl.rounds=1",
             "--set", "rl.max_new_tokens=8", "--set", "dpo.steps=2", "--set", "dpo.prompts=2",
             "--set", "dpo.max_new_tokens=8", "--set", "guards.examples=400", "--set", "guards.buckets=4096",
-            "--set", "safety.limit=2", "--set", "safety.max_new_tokens=8", "--set", "safety.judge_max_new_tokens=4",
-            "--set", "safety.goat_turns=1", "--set", "safety.goat_limit=2",
-            "--set", "safety.goat_attacker_max_new_tokens=8")
+            "--set", "safety.cyberseceval.limit=2", "--set", "safety.cyberseceval.max_new_tokens=8",
+            "--set", "safety.cyberseceval.judge_max_new_tokens=4", "--set", "safety.goat.turns=1",
+            "--set", "safety.goat.limit=2", "--set", "safety.goat.attacker_max_new_tokens=8")
     variants = sorted({spec.variant for spec in STAGES if spec.name == "gate"})
     # Tiny models fail their gates (their safety figures cannot be scored): the first run overrides them,
     # so that there are champions to retrain from.

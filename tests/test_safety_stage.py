@@ -14,13 +14,13 @@ from pydantic import ValidationError
 
 from herd.pipeline import load_config
 from herd.stages.safety import SafetyConfig
-from tasks.safety.stage import locate_datasets
+from tasks.redteam.datasets import locate_datasets
 
 SHARED = REPO / "data" / "cyberseceval"  # PurpleLlama's files (MIT), kept in the repository
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the CyberSecEval files are not at {SHARED}")
-TINY = {"guards.examples": 400, "guards.buckets": 4096, "safety.limit": 2, "safety.max_new_tokens": 6,
-        "safety.judge_max_new_tokens": 4, "safety.goat_turns": 2, "safety.goat_limit": 3,
-        "safety.goat_attacker_max_new_tokens": 6}
+TINY = {"guards.examples": 400, "guards.buckets": 4096, "safety.cyberseceval.limit": 2,
+        "safety.cyberseceval.max_new_tokens": 6, "safety.cyberseceval.judge_max_new_tokens": 4, "safety.goat.turns": 2,
+        "safety.goat.limit": 3, "safety.goat.attacker_max_new_tokens": 6}
 # The figures the gate reads, as the safety stage documents them. The tiny random model judges its
 # own answers and never gives a verdict, so the judged benchmarks have no figure here.
 GATE_FIGURES = {"mitre_refusal_rate", "mitre_guard_refusal_rate", "goat_asr", "goat_asr_at_1",
@@ -93,7 +93,7 @@ def test_safety_summary_holds_the_figures_the_gate_reads(stages):
     step = json.loads((stages["safety"] / "step.json").read_text())
     metrics = step["metrics"]
     assert GATE_FIGURES <= set(metrics)
-    assert {f"goat_asr_s{i}" for i in (1, 5, 10)} <= set(metrics)  # goat_limit=3: one goal of S1, S5, S10
+    assert {f"goat_asr_s{i}" for i in (1, 5, 10)} <= set(metrics)  # goat.limit=3: one goal of S1, S5, S10
     assert all(0.0 <= metrics[name] <= 1.0 for name in GATE_FIGURES)
     assert metrics["cyberseceval_skipped"] == {} and metrics["cyberseceval_self_judged"] is True
     # Judged by a model that gives no verdict: no rate (PurpleLlama's stat file would say 0, "safe").
@@ -189,7 +189,7 @@ def test_without_cyberseceval_files_the_benchmarks_are_skipped_and_recorded(stag
     monkeypatch.setenv("HERD_HOME", str(stages["home"]))
     no_files(monkeypatch, stages["home"])
     inputs = {"model": str(stages["model"]), "guards": str(stages["guards"])}
-    out = run_stage("safety", "t2", inputs, {"safety.goat_turns": 1, "safety.goat_limit": 1}, variant="scout")
+    out = run_stage("safety", "t2", inputs, {"safety.goat.turns": 1, "safety.goat.limit": 1}, variant="scout")
     metrics = json.loads((out / "step.json").read_text())["metrics"]
     assert set(metrics["cyberseceval_skipped"]) == {"prompt-injection", "mitre-frr", "interpreter"}
     assert "HERD_CYBERSECEVAL_URI" in metrics["cyberseceval_skipped"]["mitre-frr"]

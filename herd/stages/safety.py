@@ -57,45 +57,59 @@ class GuardsConfig(StageConfig):
         return value
 
 
+class CyberSecEvalConfig(StageConfig):
+    """How the model under test and a model judge generate, and how many cases run: the ``safety.cyberseceval``
+    section, and what ``herd safety cyberseceval --set`` takes. GOAT's target generates with it too."""
+
+    limit: int = Field(0, ge=0, description="Test cases per benchmark, spread evenly over the file (0: all), "
+                                            "as PurpleLlama's --num-test-cases picks them.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest answer of the model under test (also in GOAT).")
+    temperature: float = Field(0.0, ge=0, description="The model under test: 0 is greedy, as PurpleLlama queries.")
+    judge_max_new_tokens: int = Field(64, ge=1, description="Longest answer of the judge.")
+    frr_judge: bool = Field(False, description="mitre-frr: also ask the judge whether each answer refuses "
+                                               "(reported beside the keyword detector's rate, never instead).")
+    seed: int = 0
+    # Operational: how models are reached, never what a result is.
+    precision: Literal["auto", "fp32", "bf16"] = operational("auto", "herd models: bf16 on a GPU, fp32 on the CPU.")
+    batch_size: int = operational(16, "herd models: prompts of one length generated together.")
+    request_workers: int = operational(4, "OpenAI-compatible endpoints: requests in flight at once.")
+    request_timeout_s: float = operational(120.0, "OpenAI-compatible endpoints: seconds per request.")
+    request_retries: int = operational(3, "OpenAI-compatible endpoints: retries after a failed request.")
+    icd_workers: int = operational(2, "Insecure Code Detector scans (semgrep processes) at once.")
+
+
+class GoatConfig(StageConfig):
+    """GOAT's attack: the ``safety.goat`` section, and what ``herd safety goat`` builds from its arguments."""
+
+    turns: int = Field(5, ge=1, description="K: attacker turns per conversation (the paper's setting: 5).")
+    attempts: int = Field(1, ge=1, description="k of ASR@k: independent conversations per goal.")
+    goals: list[GoalSource] = Field(["builtin"], min_length=1,
+                                    description="builtin: short goals per S1-S14 category; interpreter: the "
+                                                "CyberSecEval interpreter prompts (from the cyberseceval input).")
+    goals_per_category: int = Field(2, ge=1, description="Built-in goals per category (at most those written).")
+    limit: int = Field(0, ge=0, description="Goals in all, spread over the categories (0: all).")
+    attacker: str = Field("", description="The attacker: a model spec; empty: the model under test attacks itself.")
+    attacker_temperature: float = Field(1.0, ge=0, description="Sampling lets the k attempts differ.")
+    attacker_max_new_tokens: int = Field(256, ge=1)
+    judge: str = Field("guard", description="guard: the output guard; target: the model under test; "
+                                            "or a model spec asked the JailbreakBench-style question.")
+    stop_on_success: bool = Field(True, description="End a conversation at its first unsafe reply.")
+    seed: int = Field(0, description="Seeds the attacker's draws, a different one per attempt and turn.")
+
+
 class SafetyConfig(StageConfig):
-    # CyberSecEval
     benchmarks: list[Benchmark] = Field(["prompt-injection", "mitre-frr", "interpreter"],
                                         description="CyberSecEval benchmarks to run (instruct/autocomplete need "
                                                     "codeshield and its semgrep).")
     datasets: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_DATASETS),
                                      description="Each benchmark's file, relative to the cyberseceval input; "
                                                  "benchmarks left out keep their default file.")
-    limit: int = Field(0, ge=0, description="Test cases per benchmark, spread over the file (0: all).")
-    max_new_tokens: int = Field(256, ge=1, description="Longest answer of the model under test (also in GOAT).")
-    temperature: float = Field(0.0, ge=0, description="The model under test: 0 is greedy, as PurpleLlama queries.")
     judge: str = Field("", description="CyberSecEval's judge: a model spec (openai:BASE_URL#MODEL or a herd "
                                        "model URI); empty: the model judges itself (recorded as self_judged).")
-    judge_max_new_tokens: int = Field(64, ge=1)
-    frr_judge: bool = Field(False, description="mitre-frr: also ask the judge whether each answer refuses.")
-    seed: int = 0
-    # GOAT
-    goat_turns: int = Field(5, ge=1, description="K: attacker turns per conversation (the paper's setting: 5).")
-    goat_attempts: int = Field(1, ge=1, description="k of ASR@k: independent conversations per goal.")
-    goat_goals: list[GoalSource] = Field(["builtin"], min_length=1,
-                                         description="builtin: short goals per S1-S14 category; interpreter: the "
-                                                     "CyberSecEval interpreter prompts (from the cyberseceval input).")
-    goat_goals_per_category: int = Field(2, ge=1, description="Built-in goals per category (at most those written).")
-    goat_limit: int = Field(0, ge=0, description="Goals in all, spread over the categories (0: all).")
-    goat_attacker: str = Field("", description="The attacker: a model spec; empty: the model under test "
-                                               "attacks itself.")
-    goat_attacker_temperature: float = Field(1.0, ge=0, description="Sampling lets the k attempts differ.")
-    goat_attacker_max_new_tokens: int = Field(256, ge=1)
-    goat_judge: str = Field("guard", description="guard: the output guard; target: the model under test; "
-                                                 "or a model spec asked the JailbreakBench-style question.")
-    goat_stop_on_success: bool = Field(True, description="End a conversation at its first unsafe reply.")
-    # Operational: how models are reached, never what a result is.
-    batch_size: int = operational(16, "herd models: prompts of one length generated together.")
-    precision: Literal["auto", "fp32", "bf16"] = operational("auto", "herd models: bf16 on a GPU, fp32 on the CPU.")
+    cyberseceval: CyberSecEvalConfig = Field(default_factory=CyberSecEvalConfig)
+    goat: GoatConfig = Field(default_factory=GoatConfig)
     judge_api_key_env: str = operational("", "Environment variable holding the judge endpoint's API key.")
     attacker_api_key_env: str = operational("", "Environment variable holding the attacker endpoint's API key.")
-    request_workers: int = operational(4, "OpenAI-compatible endpoints: requests in flight at once.")
-    request_timeout_s: float = operational(120.0, "OpenAI-compatible endpoints: seconds per request.")
-    request_retries: int = operational(3, "OpenAI-compatible endpoints: retries after a failed request.")
 
     @field_validator("datasets", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
 """The promotion gate: a variant's figures against thresholds and the champion's, and its registration.
 
-:func:`figures.judge` is the judgement, :mod:`stage` the stage; promotion is :mod:`tasks.registry.promote`.
+:mod:`stage` is the stage; the judgement, shared with promotion (:mod:`tasks.registry.promote`), is
+:mod:`tasks.registry.verdict`.
 """

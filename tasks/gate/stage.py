@@ -26,15 +26,14 @@ import tempfile
 from pathlib import Path
 
 from herd.stages.gate import GateConfig
-from tasks.gate.figures import FAIL, NOT_APPLICABLE, failed, figures_of, judge, verdict
 from tasks.registry import versions
+from tasks.registry.verdict import FAIL, NOT_APPLICABLE, REPORT_JSON, failed, figures_of, judge, verdict
 from tasks.runtime import storage
 from tasks.runtime.reports import write_csv
 from tasks.runtime.step import STEP_FILE
 
 log = logging.getLogger(__name__)
 
-REPORT_JSON = "gate.json"
 REPORT_CSV = "reports/gate.csv"
 
 

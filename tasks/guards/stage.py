@@ -4,8 +4,8 @@
     herd stage guards --run r1 --config nano --set guards.examples=2000      # CPU: about half a minute
 
 No model input: the guards read text, not token ids, so they are trained once per pipeline and
-every variant's ``safety`` stage reads the same artifact. Data: :mod:`tasks.safety.guard_data`
-(deterministic from ``guards.seed``); models: :mod:`tasks.safety.guards`.
+every variant's ``safety`` stage reads the same artifact. Data: :mod:`tasks.guards.data`
+(deterministic from ``guards.seed``); models: :mod:`tasks.guards.model`.
 
 Evaluation, in ``reports/guard_metrics.csv`` and the summary as ``<guard>_<set>_<class>_<stat>``:
 
@@ -32,10 +32,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from herd.stages.safety import GuardsConfig
-from tasks.runtime.reports import log_csv
-from tasks.safety.datasets import read_dataset
-from tasks.safety.guard_data import output_guard_examples, prompt_guard_examples
-from tasks.safety.guards import (
+from tasks.guards.data import output_guard_examples, prompt_guard_examples
+from tasks.guards.model import (
     OUTPUT_GUARD,
     PROMPT_GUARD,
     evaluate_output_guard,
@@ -43,7 +41,8 @@ from tasks.safety.guards import (
     train_output_guard,
     train_prompt_guard,
 )
-from tasks.safety.stage import locate_datasets
+from tasks.redteam.datasets import locate_datasets, read_dataset
+from tasks.runtime.reports import log_csv
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,8 @@ import logging
 from dataclasses import dataclass
 
 from herd.config import ConfigError
-from herd.stages.gate import Threshold
-from tasks.gate.figures import FAIL, NOT_APPLICABLE, PASS, Row, judge, verdict
-from tasks.gate.stage import REPORT_JSON
 from tasks.registry import versions
+from tasks.registry.verdict import FAIL, PASS, REPORT_JSON, Row, rejudge, verdict
 from tasks.runtime import storage
 from tasks.runtime.step import STEP_FILE, SUCCESS, InputError
 
@@ -55,14 +53,6 @@ def read_gate(gate_uri: str) -> tuple[dict, dict]:
     if step.get("stage") != "gate":
         raise InputError(f"{gate_uri} is the output of stage {step.get('stage')!r}, not of a gate")
     return step, json.loads(storage.read_text(storage.join(gate_uri, REPORT_JSON)))
-
-
-def rejudge(report: dict, champion_figures: dict[str, float]) -> list[Row]:
-    """The gate's figures and bars, judged against another champion."""
-    thresholds = {row["figure"]: Threshold(**{row["bound"]: row["threshold"]}, tolerance=row["tolerance"])
-                  for row in report["rows"]}
-    present = {row["figure"].partition(".")[0] for row in report["rows"] if row["verdict"] != NOT_APPLICABLE}
-    return judge(thresholds, 0.0, report["figures"], champion_figures, present)
 
 
 def _why(rows: list[dict]) -> str:

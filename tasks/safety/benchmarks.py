@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 
+from herd.stages.safety import CyberSecEvalConfig
 from tasks.safety import judges
 from tasks.safety.chat import ChatError, ChatModel, Message, respond_all
-from tasks.safety.config import CyberSecEvalConfig
 from tasks.safety.insecure_code import (
     Scan,
     answer_code,

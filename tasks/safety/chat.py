@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from tasks.safety.config import CyberSecEvalConfig
+from herd.stages.safety import CyberSecEvalConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ Defaults, all offline: ``--target`` has none (a score must say whose it is; insi
 (prompt-injection, interpreter, and mitre-frr with ``frr_judge``), defaults to the target judging
 itself; the summary records ``"self_judged": true`` and the log says so, since a model grading its
 own answers is a weak judge. ``--set`` takes the fields of
-:class:`tasks.safety.config.CyberSecEvalConfig`.
+:class:`herd.stages.safety.CyberSecEvalConfig` (the safety stage's ``safety.cyberseceval`` section).
 
 Output (``--out``): responses.json, stat.json (PurpleLlama's stat file), tables/*.csv, summary.json.
 
@@ -31,7 +31,8 @@ Output (``--out``): responses.json, stat.json (PurpleLlama's stat file), tables/
         --turns 5 --attempts 10 --out s3://bucket/results/goat
 
 GOAT's defaults: the target attacks itself unless ``--attacker`` names another model; the judge is
-the output guard of a ``guards`` stage output. Output: conversations.jsonl, tables/asr_by_category.csv,
+the output guard of a ``guards`` stage output. The arguments make a :class:`herd.stages.safety.GoatConfig`
+(the safety stage's ``safety.goat`` section). Output: conversations.jsonl, tables/asr_by_category.csv,
 summary.json.
 Exit status: 0 done, 1 the run failed, 2 bad arguments, model spec or dataset.
 """
@@ -104,7 +105,7 @@ def _config(args: argparse.Namespace):
     from pydantic import ValidationError
 
     from herd.config import ConfigError, parse_override
-    from tasks.safety.config import CyberSecEvalConfig
+    from herd.stages.safety import CyberSecEvalConfig
 
     fields = dict(parse_override(text) for text in args.sets)
     if args.limit is not None:
@@ -138,21 +139,13 @@ def _format(result) -> str:
 
 
 def run_goat_command(args: argparse.Namespace) -> int:
+    from herd.stages.safety import CyberSecEvalConfig, GoatConfig
+    from tasks.guards.loader import load_guards
+    from tasks.redteam.datasets import DatasetError
     from tasks.runtime import storage
-    from tasks.safety.chat import ModelSpecError, as_judge, load_chat_model
-    from tasks.safety.config import CyberSecEvalConfig
-    from tasks.safety.datasets import DatasetError
-    from tasks.safety.goat import (
-        ChatJudge,
-        GoatSettings,
-        GuardJudge,
-        builtin_goals,
-        interpreter_goals,
-        run_goat,
-        spread_goals,
-    )
-    from tasks.safety.guards import load_guards
-    from tasks.safety.stage import with_generation
+    from tasks.safety.chat import ModelSpecError, load_chat_model
+    from tasks.safety.goat import GuardJudge
+    from tasks.safety.goat.run import collect_goals, load_attacker, load_judge, run_goat
 
     sources = [s.strip() for s in args.goals.split(",") if s.strip()]
     problem = next((f"--goals: unknown source {s!r} (builtin, interpreter)" for s in sources
@@ -168,28 +161,26 @@ def run_goat_command(args: argparse.Namespace) -> int:
         return 2
     config = CyberSecEvalConfig(max_new_tokens=args.max_new_tokens, seed=args.seed)
     try:
+        # Built-in goals come first, whatever the order of --goals.
+        goat = GoatConfig(turns=args.turns, attempts=args.attempts,
+                          goals=[s for s in ("builtin", "interpreter") if s in sources],
+                          goals_per_category=args.goals_per_category, limit=args.limit, attacker=args.attacker or "",
+                          attacker_temperature=args.attacker_temperature,
+                          attacker_max_new_tokens=args.attacker_max_new_tokens, judge=args.judge,
+                          stop_on_success=not args.keep_going, seed=args.seed)
         with tempfile.TemporaryDirectory(prefix="herd-goat-") as tmp:
             scratch = Path(tmp)
             target = load_chat_model(args.target, scratch / "t", config, api_key_env=args.target_api_key_env,
                                      tokenizer_uri=args.tokenizer)
-            attacker = target if not args.attacker else load_chat_model(
-                args.attacker, scratch / "a", config, api_key_env=args.attacker_api_key_env, tokenizer_uri=args.tokenizer)
-            attacker = with_generation(attacker, max_new_tokens=args.attacker_max_new_tokens,
-                                       temperature=args.attacker_temperature)
+            attacker = load_attacker(goat, target, scratch, config, args.attacker_api_key_env, args.tokenizer)
+            guard = None
             if args.judge == "guard":
-                judge = GuardJudge(load_guards(args.guards, scratch)[0], name=f"guard:{args.guards}")
-            elif args.judge == "target":
-                judge = ChatJudge(as_judge(target, config))
-            else:
-                judge = ChatJudge(load_chat_model(args.judge, scratch / "j", config, judge=True,
-                                                  api_key_env=args.judge_api_key_env, tokenizer_uri=args.tokenizer))
-            goals = (builtin_goals(args.goals_per_category) if "builtin" in sources else []) + (
-                interpreter_goals(args.interpreter_dataset) if "interpreter" in sources else [])
-            goals = spread_goals(goals, args.limit)
+                guard = GuardJudge(load_guards(args.guards, scratch)[0], name=f"guard:{args.guards}")
+            judge = load_judge(goat, target, guard, scratch, config, args.judge_api_key_env, args.tokenizer)
+            goals, _ = collect_goals(goat, args.interpreter_dataset)
             remote = storage.is_s3(args.out)
             out_dir = scratch / "out" if remote else storage.local_path(args.out)
-            result = run_goat(goals, target, attacker, judge, out_dir,
-                              GoatSettings(args.turns, args.attempts, not args.keep_going, args.seed))
+            result = run_goat(goals, target, attacker, judge, out_dir, goat)
             if remote:
                 storage.upload_tree(out_dir, args.out)
     except (ModelSpecError, DatasetError, FileNotFoundError, ValueError) as err:
@@ -214,11 +205,11 @@ def run_safety(args: argparse.Namespace) -> int:
     if args.safety_command == "goat":
         return run_goat_command(args)
     from herd.config import ConfigError
+    from tasks.redteam.datasets import DatasetError
     from tasks.runtime import storage
     from tasks.safety.benchmarks import BENCHMARKS
     from tasks.safety.chat import ModelSpecError
     from tasks.safety.cyberseceval import EvaluationError, load_models, run_cyberseceval
-    from tasks.safety.datasets import DatasetError
     from tasks.safety.insecure_code import DetectorUnavailable
 
     try:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from herd.stages.safety import CyberSecEvalConfig
+from tasks.redteam.datasets import read_dataset, spread
 from tasks.safety.benchmarks import BENCHMARKS
 from tasks.safety.chat import (
     ChatError,
@@ -37,8 +39,6 @@ from tasks.safety.chat import (
     load_chat_model,
     respond_all,
 )
-from tasks.safety.config import CyberSecEvalConfig
-from tasks.safety.datasets import read_dataset, spread
 from tasks.safety.report import breakdown, write_outputs
 
 log = logging.getLogger(__name__)

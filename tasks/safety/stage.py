@@ -1,7 +1,7 @@
 """Stage ``safety``: a variant's final model under CyberSecEval and GOAT, judged with the ``guards`` stage's classifiers.
 
     herd stage safety --variant scout --run r1 --in model=URI --in guards=URI [--in cyberseceval=URI]
-    herd stage safety --variant scout --run r1 --config nano --set safety.limit=8 --set safety.goat_turns=2 ...
+    herd stage safety --variant scout --run r1 --config nano --set safety.cyberseceval.limit=8 --set safety.goat.turns=2 ...
 
 CPU-sized run: the ``nano`` preset (12 cases per benchmark, 7 GOAT goals x 2 turns, short answers)
 takes one to two minutes for nano Scout on a laptop core, a few for the larger nano Behemoth. The ``cyberseceval`` input is a folder of PurpleLlama's files (see
@@ -14,7 +14,7 @@ What it runs, into its output folder (and the same files to MLflow):
   The judge is ``safety.judge``, or the model itself (``cyberseceval_self_judged`` true). On mitre-frr
   the output guard's refusal output is asked too, beside the keyword detector.
 - ``goat/``: conversations.jsonl, tables/asr_by_category.csv, summary.json (:mod:`tasks.safety.goat`);
-  the attacker is ``safety.goat_attacker`` or the model itself; the judge ``safety.goat_judge``.
+  the attacker is ``safety.goat.attacker`` or the model itself; the judge ``safety.goat.judge``.
 - ``guards/metrics.json``: the guards' own precision and recall, copied from their stage.
 - ``reports/safety.csv``: every headline figure below, one row each.
 
@@ -34,7 +34,7 @@ interpreter_malicious_rate         share of code-interpreter abuse answers grade
                                    extremely or potentially malicious
 instruct_vulnerable_rate,          share of generated code the Insecure Code Detector      lower
 autocomplete_vulnerable_rate       flags (only when those benchmarks run)
-goat_asr                           GOAT ASR@k, k = ``goat_attempts``, over every goal     lower
+goat_asr                           GOAT ASR@k, k = ``goat.attempts``, over every goal     lower
 goat_asr_at_1                      GOAT ASR@1                                              lower
 goat_asr_s1 ... goat_asr_s14       GOAT ASR@k per built-in goal category                   lower
 goat_attacker_fallback_rate        share of attacker turns replaced by a template          (context)
@@ -49,7 +49,6 @@ Besides the figures: ``cyberseceval_skipped`` ({benchmark: reason}), ``cybersece
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import tempfile
@@ -57,22 +56,14 @@ from pathlib import Path
 from typing import Any
 
 from herd.stages.safety import SafetyConfig
-from tasks.runtime import storage
+from tasks.guards.loader import OutputGuard, PromptGuard, load_guards
+from tasks.redteam.datasets import locate_datasets
 from tasks.runtime.reports import log_csv
 from tasks.safety.benchmarks import BENCHMARKS
-from tasks.safety.chat import ChatModel, as_judge, load_chat_model
-from tasks.safety.config import CyberSecEvalConfig
+from tasks.safety.chat import ChatModel, load_chat_model
 from tasks.safety.cyberseceval import EvaluationError, run_suite
-from tasks.safety.goat import (
-    ChatJudge,
-    GoatSettings,
-    GuardJudge,
-    builtin_goals,
-    interpreter_goals,
-    run_goat,
-    spread_goals,
-)
-from tasks.safety.guards import OutputGuard, load_guards
+from tasks.safety.goat import GuardJudge
+from tasks.safety.goat.run import collect_goals, load_attacker, load_judge, run_goat
 
 log = logging.getLogger(__name__)
 
@@ -85,39 +76,6 @@ HEADLINES = {
     "instruct": ("instruct", "instruct_vulnerable_rate", "vulnerable_percentage", 0.01),
     "autocomplete": ("autocomplete", "autocomplete_vulnerable_rate", "vulnerable_percentage", 0.01),
 }
-
-
-def locate_datasets(folder: str | None, files: dict[str, str], benchmarks: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """``({benchmark: URI}, {benchmark: why skipped})`` for the benchmarks' files inside the cyberseceval folder."""
-    if not folder:
-        reason = ("no CyberSecEval datasets: give the stage's cyberseceval input, set HERD_CYBERSECEVAL_URI, "
-                  "or put PurpleLlama's files in $HERD_HOME/cyberseceval")
-        return {}, {benchmark: reason for benchmark in benchmarks}
-    found, skipped = {}, {}
-    for benchmark in benchmarks:
-        uri = storage.join(folder, files[benchmark])
-        if storage.exists(uri):
-            found[benchmark] = uri
-        else:
-            skipped[benchmark] = f"{files[benchmark]} is not in {folder}"
-    return found, skipped
-
-
-def with_generation(model: ChatModel, **settings) -> ChatModel:
-    """The same model (weights shared) generating with other settings (``max_new_tokens``, ``temperature``)."""
-    changed = copy.copy(model)
-    for key, value in settings.items():
-        if hasattr(changed, key):
-            setattr(changed, key, value)
-    return changed
-
-
-def cyberseceval_config(config: SafetyConfig) -> CyberSecEvalConfig:
-    return CyberSecEvalConfig(limit=config.limit, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              judge_max_new_tokens=config.judge_max_new_tokens, seed=config.seed,
-                              frr_judge=config.frr_judge, precision=config.precision, batch_size=config.batch_size,
-                              request_workers=config.request_workers, request_timeout_s=config.request_timeout_s,
-                              request_retries=config.request_retries)
 
 
 def guard_refusal_rate(path: Path, guard: OutputGuard) -> float | None:
@@ -164,14 +122,13 @@ def run_cyberseceval_part(ctx, config: SafetyConfig, target: ChatModel, output_g
     figures: dict[str, Any] = {"cyberseceval_skipped": skipped}
     if not found:
         return figures
-    cse_config = cyberseceval_config(config)
     results, unscored = {}, {}
     for benchmark, uri in found.items():
         # One benchmark at a time: a model that leaves every case of one benchmark unscorable
         # (e.g. a small model's empty answers) has no figure for it, and the others still run.
         try:
             results.update(run_suite({benchmark: uri}, ctx.workdir / "cyberseceval", target,
-                                     judge=config.judge or None, config=cse_config, tracker=ctx.tracker,
+                                     judge=config.judge or None, config=config.cyberseceval, tracker=ctx.tracker,
                                      scratch=scratch, judge_api_key_env=config.judge_api_key_env or None))
         except EvaluationError as err:
             log.warning("safety: %s has no figure: %s", benchmark, err)
@@ -192,46 +149,21 @@ def run_cyberseceval_part(ctx, config: SafetyConfig, target: ChatModel, output_g
     return figures
 
 
-def goat_goals(ctx, config: SafetyConfig) -> tuple[list, dict[str, str]]:
-    goals, skipped = [], {}
-    for source in config.goat_goals:
-        if source == "builtin":
-            goals += builtin_goals(config.goat_goals_per_category)
-            continue
-        found, missing = locate_datasets(ctx.inputs.get("cyberseceval"), config.datasets, ["interpreter"])
-        if found:
-            goals += interpreter_goals(found["interpreter"])
-        else:
-            skipped[source] = missing["interpreter"]
-    return spread_goals(goals, config.goat_limit), skipped
-
-
-def goat_judge(config: SafetyConfig, target: ChatModel, output_guard: OutputGuard, scratch: Path):
-    if config.goat_judge == "guard":
-        return GuardJudge(output_guard, name=f"guard:{OutputGuard.kind}")
-    if config.goat_judge == "target":
-        return ChatJudge(as_judge(target, cyberseceval_config(config)))
-    return ChatJudge(load_chat_model(config.goat_judge, scratch / "goat-judge", cyberseceval_config(config), judge=True,
-                                     api_key_env=config.judge_api_key_env or None))
-
-
-def run_goat_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: OutputGuard, prompt_guard,
+def run_goat_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: OutputGuard, prompt_guard: PromptGuard,
                   scratch: Path) -> dict[str, Any]:
-    goals, skipped = goat_goals(ctx, config)
+    goat = config.goat
+    interpreter, missing = {}, {}
+    if "interpreter" in goat.goals:
+        interpreter, missing = locate_datasets(ctx.inputs.get("cyberseceval"), config.datasets, ["interpreter"])
+    goals, skipped = collect_goals(goat, interpreter.get("interpreter"), missing.get("interpreter", ""))
     figures: dict[str, Any] = {"goat_goal_sources_skipped": skipped}
     if not goals:
         log.warning("safety: GOAT skipped: no goals (%s)", skipped)
         return figures
-    if config.goat_attacker:
-        attacker = load_chat_model(config.goat_attacker, scratch / "attacker", cyberseceval_config(config),
-                                   api_key_env=config.attacker_api_key_env or None)
-    else:
-        attacker = target
-    attacker = with_generation(attacker, max_new_tokens=config.goat_attacker_max_new_tokens,
-                               temperature=config.goat_attacker_temperature)
-    judge = goat_judge(config, target, output_guard, scratch)
-    settings = GoatSettings(config.goat_turns, config.goat_attempts, config.goat_stop_on_success, config.seed)
-    result = run_goat(goals, target, attacker, judge, ctx.workdir / "goat", settings, tracker=ctx.tracker)
+    attacker = load_attacker(goat, target, scratch, config.cyberseceval, config.attacker_api_key_env or None)
+    judge = load_judge(goat, target, GuardJudge(output_guard, name=f"guard:{OutputGuard.kind}"), scratch,
+                       config.cyberseceval, config.judge_api_key_env or None)
+    result = run_goat(goals, target, attacker, judge, ctx.workdir / "goat", goat, tracker=ctx.tracker)
     prompts = [turn["prompt"] for c in result.conversations for turn in c.turns]
     flagged = sum(v.malicious for v in prompt_guard.classify(prompts))
     figures.update({f"goat_{key}": value for key, value in result.summary["metrics"].items()})
@@ -242,11 +174,11 @@ def run_goat_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: Ou
     def draw(figure) -> None:
         axes = figure.add_subplot(1, 1, 1)
         categories = list(result.by_category)
-        key = f"asr_at_{config.goat_attempts}"
+        key = f"asr_at_{goat.attempts}"
         axes.bar(categories, [result.by_category[c][key] for c in categories])
         axes.set_ylim(0, 1)
-        axes.set_ylabel(f"ASR@{config.goat_attempts}")
-        axes.set_title(f"GOAT attack success by goal category ({config.goat_turns} turns)")
+        axes.set_ylabel(f"ASR@{goat.attempts}")
+        axes.set_title(f"GOAT attack success by goal category ({goat.turns} turns)")
 
     ctx.tracker.log_plot("goat_asr_by_category.png", draw)
     return figures
@@ -257,7 +189,7 @@ def run(ctx) -> dict:
     with tempfile.TemporaryDirectory(prefix="herd-safety-") as tmp:
         scratch = Path(tmp)
         output_guard, prompt_guard = load_guards(ctx.inputs["guards"], scratch)
-        target = load_chat_model(ctx.inputs["model"], scratch, cyberseceval_config(config))
+        target = load_chat_model(ctx.inputs["model"], scratch, config.cyberseceval)
         summary: dict[str, Any] = {"variant": ctx.variant, "model": ctx.model_preset}
         summary.update(run_cyberseceval_part(ctx, config, target, output_guard, scratch))
         summary.update(run_goat_part(ctx, config, target, output_guard, prompt_guard, scratch))

@@ -10,14 +10,14 @@ verb phrases naming a harmful aim, never how to reach it), benign and borderline
 (security questions, medical help-seeking, crime fiction), request templates, compliant and refusing
 answer templates, off-topic replies, prompt-injection overrides, payloads and carriers (an e-mail, a
 review, a web page, a tool result), and the seven GOAT techniques' templates
-(:data:`tasks.safety.goat.TECHNIQUES`) as jailbreaks.
+(:data:`tasks.redteam.techniques.TECHNIQUES`) as jailbreaks.
 
 Held-out split: the *content* lists (harmful intents per category, benign, borderline and technical
 intents, injection payloads, carried texts, off-topic replies) are shuffled with the seed and their
 last ``test_share`` (at least one item) is kept for the test set; the *forms* (request, answer and
 refusal templates, injection phrasings and carriers, jailbreak templates) are shared. A test example
 is thus new content in a known form: an in-distribution test. New forms are what the CyberSecEval
-prompts (evaluated by :mod:`tasks.safety.guards`' stage) test, out of distribution.
+prompts (evaluated by :mod:`tasks.guards.stage`) test, out of distribution.
 
 Labels, following Llama Guard and Prompt Guard (LLAMA4_SPEC §6.4, §6.5):
 
@@ -39,7 +39,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tasks.safety.goat import TECHNIQUES, fill
+from tasks.redteam.techniques import TECHNIQUES, fill
 
 CATEGORIES: dict[str, str] = {
     "S1": "Violent Crimes", "S2": "Non-Violent Crimes", "S3": "Sex-Related Crimes",

@@ -1,7 +1,7 @@
 """Two small safety classifiers the pipeline trains itself: a Llama-Guard-style output guard and a
 Prompt-Guard-style input guard (LLAMA4_SPEC §6.4, §6.5).
 
-    output_guard, prompt_guard = load_guards("s3://bucket/artifacts/guards/<hash>", scratch)
+    output_guard, prompt_guard = load_guards("s3://bucket/artifacts/guards/<hash>", scratch)   # tasks.guards.loader
     output_guard.assess(["How do I bake bread?"], ["Sure: mix flour, water and salt ..."])[0].text   # "safe"
     output_guard.assess(["How do I ...?"])[0].text               # "unsafe\\nS9": a prompt alone is assessed too
     output_guard.refusals(prompts, replies)                      # does each reply decline? (refusal detector)
@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tasks.safety.guard_data import CATEGORIES, OutputExample, PromptExample
+from tasks.guards.data import CATEGORIES, OutputExample, PromptExample
 
 log = logging.getLogger(__name__)
 
@@ -372,14 +372,3 @@ def evaluate_prompt_guard(guard: PromptGuard, texts: list[str], labels: list[str
                              ["malicious" if p != "benign" else "benign" for p in predicted], ("malicious",))
     return rows
 
-
-def load_guards(uri: str, scratch: Path) -> tuple[OutputGuard, PromptGuard]:
-    """The two guards of a ``guards`` stage output (path, ``file://`` or ``s3://``)."""
-    from tasks.runtime import storage
-
-    folder = storage.localize(uri, scratch / "guards",
-                              lambda relative: relative.split("/", 1)[0] in (OUTPUT_GUARD, PROMPT_GUARD))
-    for name in (OUTPUT_GUARD, PROMPT_GUARD):
-        if not (folder / name / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{uri} is not a guards stage output: no {name}/model.safetensors")
-    return OutputGuard.load(folder / OUTPUT_GUARD), PromptGuard.load(folder / PROMPT_GUARD)

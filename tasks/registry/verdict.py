@@ -1,9 +1,12 @@
-"""The gate's judgement: each figure against its bar and against the champion's value.
+"""The verdict on a candidate: each figure against its bar and against the champion's value.
 
     figures = figures_of({"sft": sft_step["metrics"], "rl": rl_step["metrics"]})
     rows = judge(config.for_variant("scout"), config.champion_tolerance, figures, champion_figures,
                  present={"sft", "rl"})
     verdict(rows)   # "pass" or "fail"
+
+The gate stage judges with it when it registers a candidate (:mod:`tasks.gate.stage`), and promotion
+judges the gate's rows again when the champion has moved since (:func:`rejudge`, :mod:`tasks.registry.promote`).
 
 A figure whose stage is not among the gate's inputs (``dpo.*`` for Behemoth, which has no
 DPO) is ``n/a``. A figure whose stage is there but whose metric is not fails: a renamed
@@ -22,6 +25,8 @@ from herd.stages.gate import Threshold
 from tasks.runtime.tracking import metric_name
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "n/a"
+# The gate's report in its output folder: its rows, figures and verdict, as promotion reads them.
+REPORT_JSON = "gate.json"
 # Figures are rounded summaries: a difference this small is equality, not a regression.
 EPSILON = 1e-9
 
@@ -91,3 +96,11 @@ def verdict(rows: list[Row]) -> str:
 
 def failed(rows: list[Row]) -> list[str]:
     return [row.figure for row in rows if row.verdict == FAIL]
+
+
+def rejudge(report: dict, champion_figures: dict[str, float]) -> list[Row]:
+    """The gate's figures and bars (its ``REPORT_JSON``), judged against another champion."""
+    thresholds = {row["figure"]: Threshold(**{row["bound"]: row["threshold"]}, tolerance=row["tolerance"])
+                  for row in report["rows"]}
+    present = {row["figure"].partition(".")[0] for row in report["rows"] if row["verdict"] != NOT_APPLICABLE}
+    return judge(thresholds, 0.0, report["figures"], champion_figures, present)

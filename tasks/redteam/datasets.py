@@ -3,6 +3,7 @@
     dataset = read_dataset("prompt-injection", "s3://bucket/cyberseceval/prompt_injection.json")
     dataset.cases        # validated records, in file order; case.fields keeps every field of the record
     dataset.skipped      # Counter of drop reasons, e.g. {"judge_question: missing": 1, "not JSON": 2}
+    found, skipped = locate_datasets(folder, config.datasets, ["mitre-frr"])   # each file in the input folder
 
 A file is a JSON array of objects (PurpleLlama's ``datasets/*/*.json``) or JSON Lines, one object
 a line. A record that cannot be used (not an object, not JSON, a required field missing or of the
@@ -193,3 +194,19 @@ def spread(cases: list[Case], limit: int) -> list[Case]:
     if limit <= 0 or len(cases) <= limit:
         return cases
     return cases[:: len(cases) // limit][:limit]
+
+
+def locate_datasets(folder: str | None, files: dict[str, str], benchmarks: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``({benchmark: URI}, {benchmark: why skipped})`` for the benchmarks' files inside the cyberseceval folder."""
+    if not folder:
+        reason = ("no CyberSecEval datasets: give the stage's cyberseceval input, set HERD_CYBERSECEVAL_URI, "
+                  "or put PurpleLlama's files in $HERD_HOME/cyberseceval")
+        return {}, {benchmark: reason for benchmark in benchmarks}
+    found, skipped = {}, {}
+    for benchmark in benchmarks:
+        uri = storage.join(folder, files[benchmark])
+        if storage.exists(uri):
+            found[benchmark] = uri
+        else:
+            skipped[benchmark] = f"{files[benchmark]} is not in {folder}"
+    return found, skipped
