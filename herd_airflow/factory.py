@@ -1,8 +1,9 @@
 """The one factory: a herd command and its resources -> an Airflow operator for the configured backend.
 
-DAG files call :func:`stage_task` and :func:`command_task` and never see the backend: it
-comes from ``HERD_BACKEND`` (see :mod:`herd.deploy`). Arguments are Jinja templates
-rendered at run time, so the same DAG serves every preset and parameter set.
+The DAGs' tasks come from :func:`stage_task` and :func:`command_task`, which choose the
+operator: a local process, one Kubernetes pod, or a gang of pods for a stage that spans
+nodes. The backend comes from ``HERD_BACKEND`` (see :mod:`herd.deploy`). Arguments are
+Jinja templates rendered at run time, so the same DAG serves every preset and parameter set.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from airflow.sdk import TriggerRule
 from herd.deploy import BackendSettings, backend_settings
 from herd.pipeline import downstream_names
 from herd.stage import Resources, StageSpec
+from herd_airflow.local import LocalStageOperator
 
 LIGHT = Resources(cpu="500m", memory="1Gi", shm="64Mi")
 
@@ -53,14 +55,21 @@ def stage_arguments(spec: StageSpec) -> list[str]:
 
 def command_task(task_id: str, arguments: list[str], resources: Resources = LIGHT,
                  returns_output: bool = False, settings: BackendSettings | None = None, **kwargs: Any):
+    """A local process, one pod, or a gang of pods when the stage spans nodes on this cluster."""
     settings = settings or backend_settings()
-    if settings.backend == "kubernetes":
-        from herd_airflow.kubernetes import pod_operator
+    if settings.backend != "kubernetes":
+        return LocalStageOperator(task_id=task_id, arguments=arguments, **kwargs)
+    # The cncf-kubernetes provider and the Kubernetes client load only where the backend is Kubernetes.
+    from herd_airflow.gang import GangJobOperator
+    from herd_airflow.kubernetes import pod_operator
+    from herd_airflow.manifests import effective_resources
 
-        return pod_operator(task_id, arguments, resources, settings.kubernetes, returns_output, **kwargs)
-    from herd_airflow.local import LocalStageOperator
-
-    return LocalStageOperator(task_id=task_id, arguments=arguments, **kwargs)
+    cluster = settings.kubernetes
+    resources = effective_resources(task_id, resources, cluster)
+    if resources.nodes > 1:
+        return GangJobOperator(task_id=task_id, arguments=arguments, stage_resources=resources, settings=cluster,
+                               **kwargs)
+    return pod_operator(task_id, arguments, resources, cluster, returns_output, **kwargs)
 
 
 def stage_task(spec: StageSpec, settings: BackendSettings | None = None, **kwargs: Any):
