@@ -18,7 +18,7 @@ corpus: install
 	$(PY) -m tasks.cli corpus fetch
 
 demo: corpus
-	$(PY) -m herd_airflow.demo $(ARGS)
+	$(PY) -m tasks.demo $(ARGS)
 
 plan: install
 	$(PY) -m tasks.cli plan $(ARGS)

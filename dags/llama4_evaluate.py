@@ -13,22 +13,19 @@ in the registry fails the task at once, without retries, naming what is there.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TriggerRule
+from airflow.sdk import Param
 
-from herd.pipeline import PRESETS, override_schema
 from herd.stages.models import VARIANTS
-from herd_airflow.factory import command_task, config_arguments, overrides_json
+from herd_airflow.builder import begin_task, herd_dag, overrides_param, preset_param, run_end_tasks, uri_param
 from herd_airflow.registry import evaluate_task
 
-with DAG(
-    dag_id="llama4_evaluate",
+with herd_dag(
+    "llama4_evaluate",
     description="Evaluate a registered Llama 4 model version (number or alias) on the problems' held-out set",
     schedule=None,
-    catchup=False,
     tags=["herd", "llama4", "evaluate"],
     doc_md=__doc__,
     default_args={"retries": 1},
-    user_defined_macros={"herd_overrides": overrides_json},
     params={
         "model": Param("herd-scout", type="string", pattern=r"^[A-Za-z0-9][\w.-]{0,254}$", title="Registered model",
                        examples=[f"herd-{variant}" for variant in VARIANTS],
@@ -36,18 +33,12 @@ with DAG(
         "version": Param("champion", type="string", pattern=r"^([1-9][0-9]*|[A-Za-z_][\w-]{0,254})$",
                          title="Version or alias",
                          description="A version number (3) or an alias (champion, candidate)."),
-        "problems": Param("", type=["string", "null"], pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Problems",
-                          description="A problems output to evaluate on; empty uses the version's own."),
-        "preset": Param("nano", type="string", enum=sorted(PRESETS), title="Preset",
-                        description="Evaluation settings come from this preset's sft section."),
-        "overrides": Param({}, **override_schema(), title="Config overrides",
-                           description='Dotted config fields, e.g. {"sft.eval_max_items": 256}.'),
+        "problems": uri_param("", "Problems", "A problems output to evaluate on; empty uses the version's own."),
+        "preset": preset_param(description="Evaluation settings come from this preset's sft section."),
+        "overrides": overrides_param('{"sft.eval_max_items": 256}'),
     },
 ) as dag:
-    begin = command_task("begin", ["run", "begin", "--run", "{{ run_id }}", *config_arguments()])
+    begin = begin_task()
     evaluate = evaluate_task()
-    finish = command_task("finish", ["run", "end", "--run", "{{ run_id }}", "--status", "success"])
-    finish_failed = command_task("finish_failed", ["run", "end", "--run", "{{ run_id }}", "--status", "failed"],
-                                 trigger_rule=TriggerRule.ONE_FAILED, retries=0)
-    begin >> evaluate >> finish
-    [begin, evaluate] >> finish_failed
+    begin >> evaluate
+    run_end_tasks([evaluate], always=[begin])

@@ -24,15 +24,13 @@ same ones. Try it on the embedded default::
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TaskGroup
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable
 from croniter import croniter
 
-from herd.pipeline import PRESETS, STAGE_NAMES, STAGES, override_schema
 from herd.stages.models import VARIANTS
-from herd_airflow.factory import command_task, config_arguments, overrides_json, run_end_tasks, stage_arguments
-from herd_airflow.registry import OVERRIDE_PARAM, champion_task, gate_override_param, promote_task
+from herd_airflow.builder import begin_task, herd_dag, recipe_params, recipe_tasks, run_end_tasks, variant_group
+from herd_airflow.registry import champion_task
 
 CRON = os.environ.get("HERD_RETRAIN_CRON", "0 3 * * 1")
 if not croniter.is_valid(CRON):  # Airflow would only find out when it schedules
@@ -40,63 +38,24 @@ if not croniter.is_valid(CRON):  # Airflow would only find out when it schedules
 CORPUS = os.environ.get("HERD_RETRAIN_CORPUS", "")
 PRESET = os.environ.get("HERD_RETRAIN_PRESET", "nano")
 CORPUS_ASSET = Asset(name="herd_corpus", uri=CORPUS if CORPUS.startswith("s3://") else "herd://corpus")
-# Which task's XCom feeds a stage's user-data input here (in llama4_pipeline these come from params).
-TOKENIZER_BASE = "tokenizer_base"
 
-
-def retrain_arguments(spec) -> list[str]:
-    """The stage's command line, with the champion's model as ``init`` and its tokenizer as ``base``."""
-    arguments = stage_arguments(spec)
-    sources = {"init": f"{spec.variant}.champion", "base": TOKENIZER_BASE}
-    for key, task_id in sources.items():
-        if key in spec.inputs:
-            from_params = arguments.index(f"{key}={{{{ params.get('{key}') or '' }}}}")
-            arguments[from_params] = f"{key}={{{{ ti.xcom_pull(task_ids='{task_id}') or '' }}}}"
-    return arguments
-
-
-with DAG(
-    dag_id="llama4_retrain",
+with herd_dag(
+    "llama4_retrain",
     description="Llama 4 retraining: from the champions, on a refreshed data mix, to a gate and a promotion",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(CRON, timezone="UTC"), assets=[CORPUS_ASSET]),
-    catchup=False,
     max_active_runs=1,
     tags=["herd", "llama4", "retrain"],
     doc_md=__doc__,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
-    user_defined_macros={"herd_overrides": overrides_json},
-    params={
-        "preset": Param(PRESET, type="string", enum=sorted(PRESETS), title="Preset"),
-        "languages": Param([], type="array", items={"type": "string", "pattern": "^[a-z]{3}$"}, title="Languages",
-                           description="ISO 639-3 codes to keep in the mix; empty keeps every language."),
-        "stages": Param(list(STAGE_NAMES), type="array", items={"type": "string", "enum": STAGE_NAMES},
-                        uniqueItems=True, minItems=1, title="Stages",
-                        description="Stages to compute; the others reuse their cached output."),
-        "force": Param(False, type="boolean", title="Force", description="Recompute selected stages even if cached."),
-        "corpus": Param(CORPUS, type=["string", "null"], pattern=r"^$|^(s3|file)://\S+$|^/\S*$", title="Corpus",
-                        description="Raw corpus: absolute path, file:// or s3:// URI; empty uses the UDHR seed corpus."),
-        "overrides": Param({}, **override_schema(), title="Config overrides",
-                           description='Dotted config fields, e.g. {"pretrain.steps": 200}.'),
-        OVERRIDE_PARAM: gate_override_param(),
-    },
+    params=recipe_params(overrides_example='{"pretrain.steps": 200}', preset=PRESET, corpus=CORPUS,
+                         cyberseceval=False),
 ) as dag:
-    begin = command_task("begin", ["run", "begin", "--run", "{{ run_id }}", *config_arguments()])
-    groups = {variant: TaskGroup(variant, tooltip=f"Llama 4 {variant.title()}") for variant in VARIANTS}
+    begin = begin_task()
+    groups = {variant: variant_group(variant) for variant in VARIANTS}
     champions = {variant: champion_task("champion", (variant,), task_group=groups[variant]) for variant in VARIANTS}
     # One tokenizer for all: the teacher's champion's, else a student's (a student and its teacher share it).
-    tokenizer_base = champion_task(TOKENIZER_BASE, VARIANTS)
+    tokenizer_base = champion_task("tokenizer_base", VARIANTS)
     begin >> [tokenizer_base, *champions.values()]
-    stage_tasks, promote_tasks = {}, []
-    for spec in STAGES:
-        stage_tasks[spec.id] = command_task(spec.name, retrain_arguments(spec), spec.resources, returns_output=True,
-                                            doc_md=spec.summary, task_group=groups.get(spec.variant))
-        upstream = [stage_tasks[stage_id] for stage_id in spec.upstream] or [begin]
-        if "init" in spec.inputs:
-            upstream.append(champions[spec.variant])
-        if "base" in spec.inputs:
-            upstream.append(tokenizer_base)
-        upstream >> stage_tasks[spec.id]
-        if spec.name == "gate":
-            promote_tasks.append(promote_task(spec, task_group=groups[spec.variant]))
-            stage_tasks[spec.id] >> promote_tasks[-1]
-    run_end_tasks([*stage_tasks.values(), *promote_tasks], always=[begin, tokenizer_base, *champions.values()])
+    # In llama4_pipeline these inputs come from (absent) params: there every variant starts from scratch.
+    stages = recipe_tasks(begin, groups, fed_by={"init": lambda spec: champions[spec.variant],
+                                                 "base": lambda spec: tokenizer_base})
+    run_end_tasks(stages, always=[begin, tokenizer_base, *champions.values()])

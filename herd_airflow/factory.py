@@ -1,20 +1,21 @@
 """The one factory: a herd command and its resources -> an Airflow operator for the configured backend.
 
-DAG files call :func:`stage_task` and :func:`command_task` and never see the backend: it
-comes from ``HERD_BACKEND`` (see :mod:`herd.deploy`). Arguments are Jinja templates
-rendered at run time, so the same DAG serves every preset and parameter set.
+The DAGs' tasks come from :func:`stage_task` and :func:`command_task`, which choose the
+operator: a local process, one Kubernetes pod, or a gang of pods for a stage that spans
+nodes. The backend comes from ``HERD_BACKEND`` (see :mod:`herd.deploy`). Arguments are
+Jinja templates rendered at run time, so the same DAG serves every preset and parameter set.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
-
-from airflow.sdk import TriggerRule
 
 from herd.deploy import BackendSettings, backend_settings
 from herd.pipeline import downstream_names
 from herd.stage import Resources, StageSpec
+from herd_airflow.local import LocalStageOperator
 
 LIGHT = Resources(cpu="500m", memory="1Gi", shm="64Mi")
 
@@ -31,7 +32,9 @@ def config_arguments() -> list[str]:
     return ["--config", "{{ params.preset }}", "--overrides", "{{ herd_overrides(params) }}"]
 
 
-def stage_arguments(spec: StageSpec) -> list[str]:
+def stage_arguments(spec: StageSpec, fed_by: Mapping[str, str] | None = None) -> list[str]:
+    """``herd stage`` for ``spec``; ``fed_by`` names, by input key, the task whose XCom feeds a user-data input."""
+    fed_by = fed_by or {}
     arguments = ["stage", spec.name, "--run", "{{ run_id }}", *config_arguments()]
     if spec.variant:
         arguments += ["--variant", spec.variant]
@@ -41,44 +44,39 @@ def stage_arguments(spec: StageSpec) -> list[str]:
     arguments += ["--force={{ params.force }}", f"--reuse-only={{{{ '{spec.name}' not in params.stages }}}}",
                   f"--skip-if-missing={{{{ params.stages | select('in', {needed_by!r}) | list | length == 0 }}}}"]
     for key, slot in spec.inputs.items():
-        # A user-data input comes from the DAG parameter of its name, if the DAG has one; the form sends
-        # a cleared field as null, which must render empty, not "None".
-        source = (
-            f"{{{{ ti.xcom_pull(task_ids='{slot.from_stage}') }}}}" if slot.from_stage
-            else f"{{{{ params.get('{key}') or '' }}}}"
-        )
+        # A user-data input comes from the task that feeds it, else from the DAG parameter of its name,
+        # if the DAG has one. Either may be empty (the form sends a cleared field as null, a task may
+        # find nothing), which must render empty, not "None".
+        if slot.from_stage:
+            source = f"{{{{ ti.xcom_pull(task_ids='{slot.from_stage}') }}}}"
+        elif key in fed_by:
+            source = f"{{{{ ti.xcom_pull(task_ids='{fed_by[key]}') or '' }}}}"
+        else:
+            source = f"{{{{ params.get('{key}') or '' }}}}"
         arguments += ["--in", f"{key}={source}"]
     return arguments
 
 
 def command_task(task_id: str, arguments: list[str], resources: Resources = LIGHT,
                  returns_output: bool = False, settings: BackendSettings | None = None, **kwargs: Any):
+    """A local process, one pod, or a gang of pods when the stage spans nodes on this cluster."""
     settings = settings or backend_settings()
-    if settings.backend == "kubernetes":
-        from herd_airflow.kubernetes import pod_operator
+    if settings.backend != "kubernetes":
+        return LocalStageOperator(task_id=task_id, arguments=arguments, **kwargs)
+    # The cncf-kubernetes provider and the Kubernetes client load only where the backend is Kubernetes.
+    from herd_airflow.gang import GangJobOperator
+    from herd_airflow.kubernetes import pod_operator
+    from herd_airflow.manifests import effective_resources
 
-        return pod_operator(task_id, arguments, resources, settings.kubernetes, returns_output, **kwargs)
-    from herd_airflow.local import LocalStageOperator
-
-    return LocalStageOperator(task_id=task_id, arguments=arguments, **kwargs)
-
-
-def stage_task(spec: StageSpec, settings: BackendSettings | None = None, **kwargs: Any):
-    return command_task(spec.name, stage_arguments(spec), spec.resources, returns_output=True, settings=settings,
-                        doc_md=spec.summary, **kwargs)
+    cluster = settings.kubernetes
+    resources = effective_resources(task_id, resources, cluster)
+    if resources.nodes > 1:
+        return GangJobOperator(task_id=task_id, arguments=arguments, stage_resources=resources, settings=cluster,
+                               **kwargs)
+    return pod_operator(task_id, arguments, resources, cluster, returns_output, **kwargs)
 
 
-def run_end_tasks(stages: list, always: list) -> tuple:
-    """``finish`` (closes the MLflow parent run as success) and ``finish_failed`` (as failed, if any task failed).
-
-    Left-out stages nothing selected needs are skipped, and the run still succeeds. ``finish``
-    waits on every stage, not only the leaves: a skip runs ahead down the graph, so a leaf may be
-    skipped before a failure upstream of it is known. ``always`` are the tasks before the stages.
-    """
-    finish = command_task("finish", ["run", "end", "--run", "{{ run_id }}", "--status", "success"],
-                          trigger_rule=TriggerRule.NONE_FAILED)
-    finish_failed = command_task("finish_failed", ["run", "end", "--run", "{{ run_id }}", "--status", "failed"],
-                                 trigger_rule=TriggerRule.ONE_FAILED, retries=0)
-    stages >> finish
-    [*always, *stages] >> finish_failed
-    return finish, finish_failed
+def stage_task(spec: StageSpec, fed_by: Mapping[str, str] | None = None, settings: BackendSettings | None = None,
+               **kwargs: Any):
+    return command_task(spec.name, stage_arguments(spec, fed_by), spec.resources, returns_output=True,
+                        settings=settings, doc_md=spec.summary, **kwargs)

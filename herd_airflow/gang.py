@@ -1,6 +1,6 @@
 """The gang operator: one stage on several nodes, as an indexed Job plus a headless Service.
 
-It submits the gang (manifests from :mod:`herd_airflow.kubernetes`), follows every pod's log
+It submits the gang (manifests from :mod:`herd_airflow.manifests`), follows every pod's log
 into the task log with a ``[node N]`` prefix, and waits for the Job to finish. When a pod
 fails, the Job fails as a whole (``backoffLimit: 0``) and this operator starts the whole gang
 again as a new Job, up to ``gang_restarts`` times; the stage resumes from its last checkpoint
@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from herd.deploy import KubernetesSettings
 from herd.stage import BAD_INPUT_EXIT, OUTPUT_LINE_PREFIX, SKIP_EXIT, Resources
-from herd_airflow.kubernetes import GANG_LABEL, INDEX_LABEL, JOB_NAME_LABEL, STAGE_CONTAINER, gang_job, gang_service
+from herd_airflow.manifests import GANG_LABEL, INDEX_LABEL, JOB_NAME_LABEL, STAGE_CONTAINER, gang_job, gang_service
 
 
 def gang_name(task_id: str, run_id: str) -> str:

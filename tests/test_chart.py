@@ -144,7 +144,7 @@ def _backend_env(manifests: list[dict]) -> dict[str, str]:
 def test_the_settings_airflow_reads_launch_single_pods_on_the_configured_pool():
     from kubernetes.client import ApiClient
 
-    from herd_airflow.kubernetes import pod_operator
+    from herd_airflow.factory import command_task
 
     manifests = render({"nodePools": {"gpu": {"nodeSelector": H100}}})
     settings = backend_settings(_backend_env(manifests))
@@ -154,8 +154,8 @@ def test_the_settings_airflow_reads_launch_single_pods_on_the_configured_pool():
     assert k8s.env_config_map in by_kind(manifests, "ConfigMap")
     assert k8s.service_account in by_kind(manifests, "ServiceAccount")
     assert k8s.priority_class in by_kind(manifests, "PriorityClass")
-    operator = pod_operator("pretrain", ["stage", "pretrain"], Resources(cpu="32", memory="480Gi", gpus=1, shm="8Gi"),
-                            k8s, returns_output=True)
+    operator = command_task("pretrain", ["stage", "pretrain"], Resources(cpu="32", memory="480Gi", gpus=1, shm="8Gi"),
+                            returns_output=True, settings=settings)
     pod = ApiClient().sanitize_for_serialization(operator.build_pod_request_obj(dry_run=True))
     validate(pod)
     assert restricted_violations(pod["spec"]) == []
@@ -169,14 +169,16 @@ def test_the_settings_airflow_reads_launch_single_pods_on_the_configured_pool():
 def test_the_multi_node_settings_launch_a_valid_gang():
     from kubernetes.client import ApiClient
 
+    from herd_airflow.factory import command_task
     from herd_airflow.gang import GangJobOperator
-    from herd_airflow.kubernetes import gang_job, pod_operator
+    from herd_airflow.manifests import gang_job
 
     manifests = render(MULTI_NODE)
-    k8s = backend_settings(_backend_env(manifests)).kubernetes
+    settings = backend_settings(_backend_env(manifests))
+    k8s = settings.kubernetes
     assert k8s.stage_nodes == {"pretrain": 4} and k8s.gang_restarts == 2 and k8s.queue_name == "h100-training"
-    operator = pod_operator("pretrain", ["stage", "pretrain"], Resources(cpu="32", memory="480Gi", gpus=8), k8s,
-                            returns_output=True)
+    operator = command_task("pretrain", ["stage", "pretrain"], Resources(cpu="32", memory="480Gi", gpus=8),
+                            returns_output=True, settings=settings)
     assert isinstance(operator, GangJobOperator) and operator.stage_resources.nodes == 4
     job = ApiClient().sanitize_for_serialization(
         gang_job("herd-pretrain-0a1b2c3d", "herd-pretrain-0a1b2c3d-t1a1", "pretrain", ["stage", "pretrain"],

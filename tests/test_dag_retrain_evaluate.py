@@ -159,7 +159,7 @@ def test_a_missing_version_or_alias_is_refused_with_what_is_there(gates):
 @pytest.mark.slow
 def test_evaluate_dag_runs_on_a_registered_tiny_model(gates):
     """Airflow runs the DAG (dag.test, each task a local process) against the registry a gate wrote."""
-    from herd_airflow.demo import migrate
+    from tasks.demo import migrate
     from tasks.problems.item import make_problem
     from tasks.registry.promote import promote
     from tasks.runtime import tracking

@@ -15,7 +15,7 @@ from conftest import REPO
 from herd.deploy import backend_settings
 from herd.stage import SKIP_EXIT, Resources
 from herd_airflow.gang import GangJobOperator, LogTail, gang_name
-from herd_airflow.kubernetes import gang_job, gang_service
+from herd_airflow.manifests import gang_job, gang_service
 from k8s_checks import restricted_violations, validate
 from local_cluster import LocalCluster
 

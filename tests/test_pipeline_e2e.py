@@ -20,7 +20,7 @@ def _demo(herd_home, *args: str, seed_corpus: str = "") -> subprocess.CompletedP
     env = {**os.environ, "HERD_HOME": str(herd_home), **({"HERD_CORPUS_URI": seed_corpus} if seed_corpus else {})}
     for variable in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER"):
         env.pop(variable, None)  # the demo sets up its own embedded Airflow under HERD_HOME
-    return subprocess.run([sys.executable, "-m", "herd_airflow.demo", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "tasks.demo", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=2400)
 
 

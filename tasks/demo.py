@@ -1,9 +1,9 @@
 """``make demo``: run ``llama4_pipeline`` through Airflow on the embedded default, then say where to look.
 
-    python -m herd_airflow.demo                        # every stage, nano preset
-    python -m herd_airflow.demo --set datamix.min_chars=60 --stages tokenizer
-    python -m herd_airflow.demo --gate-override scout --override-reason "accepted for the demo"
-    python -m herd_airflow.demo --dag llama4_retrain   # continue from the champions the first run promoted
+    python -m tasks.demo                        # every stage, nano preset
+    python -m tasks.demo --set datamix.min_chars=60 --stages tokenizer
+    python -m tasks.demo --gate-override scout --override-reason "accepted for the demo"
+    python -m tasks.demo --dag llama4_retrain   # continue from the champions the first run promoted
 
 Airflow runs the DAG in-process with ``dag.test()`` against a sqlite database under
 ``$HERD_HOME/airflow``; stages run as local subprocesses; MLflow and artifacts live under
@@ -114,7 +114,7 @@ def _summary(dag_id: str, run_id: str, state: str, conf: dict, seconds: float) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m herd_airflow.demo")
+    parser = argparse.ArgumentParser(prog="python -m tasks.demo")
     parser.add_argument("--preset", default="nano")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--stages", nargs="*", default=None)
