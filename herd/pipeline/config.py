@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from herd.config import StageConfig
@@ -60,12 +58,3 @@ class PipelineConfig(BaseModel):
 
     def section(self, spec: StageSpec) -> StageConfig:
         return getattr(self, spec.config_section)
-
-    def read_fields(self, spec: StageSpec) -> dict[str, Any]:
-        """The versioned values of the other sections' fields ``spec`` reads (``spec.reads``), dotted."""
-        fields: dict[str, Any] = {}
-        for name in spec.reads:
-            section, _, field = name.partition(".")
-            values = getattr(self, section).versioned_fields(prefix=f"{section}.")
-            fields.update(values if not field else {name: values[name]})
-        return fields
