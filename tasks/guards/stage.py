@@ -32,6 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from herd.stages.safety import GuardsConfig
+from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
 from tasks.safety.datasets import read_dataset
 from tasks.safety.guard_data import output_guard_examples, prompt_guard_examples
@@ -72,7 +73,7 @@ def _write_jsonl(path: Path, examples) -> None:
             handle.write(json.dumps(asdict(example), ensure_ascii=False) + "\n")
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[GuardsConfig]) -> dict:
     config: GuardsConfig = ctx.config
     started = time.monotonic()
     out_train, out_test = output_guard_examples(config.examples, config.test_share, config.seed)

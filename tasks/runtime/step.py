@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from herd.pipeline import STAGES, PipelineConfig, stage
 from herd.stage import StageSpec
 from herd.versioning import describe_changes, output_hash, output_uri, stage_record
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 from tasks.runtime.home import default_corpus, default_cyberseceval
 from tasks.runtime.tracking import NullRun, StageRun
 
@@ -58,34 +59,6 @@ class NotSelected(RuntimeError):
 
 class NotNeeded(NotSelected):
     """As :class:`NotSelected`, for a stage that no selected stage needs: its task is skipped, not failed."""
-
-
-@dataclass
-class StageContext:
-    """What a stage's ``run`` receives. It writes its outputs under ``workdir``."""
-
-    spec: StageSpec
-    run_id: str
-    pipeline: PipelineConfig
-    config: Any
-    inputs: dict[str, str]
-    output_uri: str
-    workdir: Path
-    tracker: StageRun
-    summary: dict[str, Any] = field(default_factory=dict)
-    rank: int = 0  # under torchrun, only rank 0 writes outputs and tracks
-
-    @property
-    def variant(self) -> str | None:
-        return self.spec.variant
-
-    @property
-    def model_preset(self) -> str:
-        return self.pipeline.models.preset(self.spec.variant or "scout")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
