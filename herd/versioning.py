@@ -1,8 +1,9 @@
 """Where a stage's output lives: a hash of what determines it.
 
 The hash covers the stage name, its code version, the config fields that change the
-result (see :func:`herd.config.operational`) and the hashes of its inputs. Same inputs,
-same config, same code -> same path -> the stage is skipped.
+result (see :func:`herd.config.operational`), the fields of other sections it reads, its
+variant's model preset and the hashes of its inputs. Same inputs, same config, same code ->
+same path -> the stage is skipped.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from typing import Any
 
 from herd.config import StageConfig
+from herd.pipeline import PipelineConfig
 from herd.stage import StageSpec
 
 HASH_CHARS = 16
@@ -36,6 +38,22 @@ def version_record(spec: StageSpec, config: StageConfig, input_hashes: dict[str,
     if spec.variant:
         record["variant"] = spec.variant
     return record
+
+
+def stage_record(spec: StageSpec, config: PipelineConfig, input_hashes: dict[str, str]) -> dict[str, Any]:
+    """The version record of ``spec`` under the whole pipeline ``config``: what the runner hashes."""
+    model = config.models.preset(spec.variant) if spec.variant else None
+    return version_record(spec, config.section(spec), input_hashes, model, _read_fields(spec, config))
+
+
+def _read_fields(spec: StageSpec, config: PipelineConfig) -> dict[str, Any]:
+    """The versioned values of the other sections' fields ``spec`` reads (``spec.reads``), dotted."""
+    fields: dict[str, Any] = {}
+    for name in spec.reads:
+        section, _, field = name.partition(".")
+        values = getattr(config, section).versioned_fields(prefix=f"{section}.")
+        fields.update(values if not field else {name: values[name]})
+    return fields
 
 
 def output_hash(record: dict[str, Any]) -> str:

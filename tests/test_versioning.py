@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from herd.pipeline import load_config, stage
-from herd.versioning import describe_changes, output_hash, version_record
+from herd.versioning import describe_changes, output_hash, stage_record, version_record
 
 UPSTREAM = {"corpus": "data:0123456789abcdef"}
 
@@ -57,9 +57,7 @@ def test_changes_are_described_by_field():
 
 def _record_hash(name: str, overrides: dict, variant: str | None = None) -> str:
     """The output hash as the runner computes it, with the other sections' fields a stage reads."""
-    from tasks.runtime.step import _record
-
-    return output_hash(_record(stage(name, variant), load_config("nano", overrides), UPSTREAM))
+    return output_hash(stage_record(stage(name, variant), load_config("nano", overrides), UPSTREAM))
 
 
 def test_fields_of_other_sections_a_stage_reads_move_its_hash():

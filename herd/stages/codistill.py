@@ -19,6 +19,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from herd.config import StageConfig, operational
+from herd.stage import Input, Resources, StageSpec
+from herd.stages.models import TEACHER
+from herd.stages.shared import TOKENS
 
 
 class CodistillConfig(StageConfig):
@@ -77,3 +80,15 @@ class CodistillConfig(StageConfig):
         if self.scheme == "scheduled" and self.alpha_start == self.alpha_end:
             raise ValueError("scheme 'scheduled' needs alpha_start != alpha_end; use 'fixed' for a constant weight")
         return self
+
+
+SPEC = StageSpec(
+    name="codistill",
+    summary="cache the teacher's top-k log-probabilities over the students' pretraining windows, once for all",
+    config_type=CodistillConfig,
+    config_section="codistill",
+    inputs={"teacher": Input("the teacher's pretrain output", from_stage=f"{TEACHER}.pretrain"), "tokens": TOKENS},
+    # The cache covers the windows the students' pretraining reads.
+    reads=("pretrain.seq_len", "pretrain.batch_size", "pretrain.steps", "pretrain.seed"),
+    resources=Resources(cpu="8", memory="120Gi", gpus=8, shm="16Gi"),
+)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from herd.config import StageConfig, operational
+from herd.stage import Input, Resources, StageSpec
 
 
 class DatamixConfig(StageConfig):
@@ -69,3 +70,13 @@ class DatamixConfig(StageConfig):
         if self.cap_tokens is not None and self.cap_tokens < self.floor_tokens:
             raise ValueError(f"cap_tokens ({self.cap_tokens}) is below floor_tokens ({self.floor_tokens})")
         return self
+
+
+SPEC = StageSpec(
+    name="datamix",
+    summary="normalise, identify language, filter, deduplicate and budget the raw corpus into text shards",
+    config_type=DatamixConfig,
+    config_section="datamix",
+    inputs={"corpus": Input("JSONL/Parquet file, folder or s3:// prefix; empty for the UDHR seed corpus")},
+    resources=Resources(cpu="4", memory="16Gi"),
+)

@@ -13,6 +13,9 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from herd.config import operational
+from herd.stage import Input, StageSpec
+from herd.stages.models import STUDENTS
+from herd.stages.shared import GPU_NODE, POST_TRAINING_INPUTS
 from herd.stages.training import TrainingConfig
 
 
@@ -45,3 +48,15 @@ class DPOConfig(TrainingConfig):
         if self.engine != "plain":
             raise ValueError("dpo runs on the plain engine (one process); engine=deepspeed is not supported")
         return self
+
+
+SPECS = tuple(StageSpec(
+    name="dpo",
+    summary="lightweight DPO on on-policy pairs from the RL policy's hard prompts",
+    config_type=DPOConfig,
+    config_section="dpo",
+    variant=student,
+    inputs={"model": Input("the variant's RL output", from_stage=f"{student}.rl"), **POST_TRAINING_INPUTS},
+    resources=GPU_NODE,
+    resumable=True,
+) for student in STUDENTS)

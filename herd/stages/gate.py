@@ -21,11 +21,13 @@ failed gate is not config but a decision taken at promotion time
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from herd.config import StageConfig
-from herd.stages.models import VARIANTS
+from herd.stage import Input, Resources, StageSpec
+from herd.stages.models import FINAL_STAGE, VARIANTS
 
 FIGURE = re.compile(r"^[a-z][a-z0-9_]*\.[\w\-. :/]+$")
 
@@ -97,3 +99,40 @@ class GateConfig(StageConfig):
 
     def registered_model(self, variant: str) -> str:
         return self.model_name.replace("{variant}", variant)
+
+
+# The stages whose summaries may hold figures a gate checks, besides its variant's final model.
+FIGURE_STAGES = ("midtrain", "sft", "rl", "safety")
+
+
+def specs(stages: Iterable[StageSpec]) -> tuple[StageSpec, ...]:
+    """One gate per variant, reading its final model and its stages among ``stages`` named in :data:`FIGURE_STAGES`.
+
+    A variant's safety stage feeds its gate as well, so a safety figure can bar a model.
+    """
+    ids = {spec.id for spec in stages}
+    return tuple(_spec(variant, tuple(name for name in FIGURE_STAGES
+                                      if name != FINAL_STAGE[variant] and f"{variant}.{name}" in ids))
+                 for variant in VARIANTS)
+
+
+def gated_stages(gates: Iterable[StageSpec]) -> tuple[str, ...]:
+    """The stages whose figures a threshold may name: those the ``gates`` read."""
+    return tuple(dict.fromkeys(name for gate in gates
+                               for name in (*(key for key in gate.inputs if key != "model"), FINAL_STAGE[gate.variant])))
+
+
+def _spec(variant: str, figures: tuple[str, ...]) -> StageSpec:
+    """The gate checks the variant's final model against thresholds and the champion, and registers it."""
+    return StageSpec(
+        name="gate",
+        summary="check the final model's figures against thresholds and the champion; register it as candidate",
+        config_type=GateConfig,
+        config_section="gate",
+        variant=variant,
+        inputs={"model": Input("the variant's final model (Hugging Face export in hf/)",
+                               from_stage=f"{variant}.{FINAL_STAGE[variant]}"),
+                **{name: Input(f"the {name} output, whose summary holds figures the gate checks",
+                               from_stage=f"{variant}.{name}") for name in figures}},
+        resources=Resources(cpu="2", memory="8Gi"),
+    )

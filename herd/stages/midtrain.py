@@ -5,6 +5,9 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from herd.config import operational
+from herd.stage import Input, StageSpec
+from herd.stages.models import STUDENTS
+from herd.stages.shared import GPU_NODE, TOKENS
 from herd.stages.training import TrainingConfig
 
 
@@ -33,3 +36,15 @@ class MidtrainConfig(TrainingConfig):
         if any(not 0 <= v <= 1 for v in values):
             raise ValueError("depths are shares of the haystack, between 0 and 1")
         return values
+
+
+SPECS = tuple(StageSpec(
+    name="midtrain",
+    summary="continue a student at a longer context on long documents with needles; needle-retrieval heatmaps",
+    config_type=MidtrainConfig,
+    config_section="midtrain",
+    variant=student,
+    inputs={"model": Input("the variant's pretrain output", from_stage=f"{student}.pretrain"), "tokens": TOKENS},
+    resources=GPU_NODE,
+    resumable=True,
+) for student in STUDENTS)

@@ -13,6 +13,8 @@ from herd.model import MODEL_PRESETS
 TEACHER = "behemoth"
 STUDENTS = ("scout", "maverick")
 VARIANTS = (TEACHER, *STUDENTS)
+# The stage that writes each variant's final model: the teacher is not tuned with DPO.
+FINAL_STAGE = {TEACHER: "rl", **{student: "dpo" for student in STUDENTS}}
 
 
 class ModelsConfig(StageConfig):

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from herd.stage import Input, StageSpec
+from herd.stages.models import STUDENTS, TEACHER
+from herd.stages.shared import GPU_NODE, TOKENS
 from herd.stages.training import TrainingConfig
 
 
@@ -16,3 +19,33 @@ class PretrainConfig(TrainingConfig):
     mup_base_dim: int | None = Field(
         None, gt=0, description="µP: the width the LR and init were tuned at; None trains in the standard parametrisation."
     )
+
+
+def _spec(variant: str, reads: tuple[str, ...] = (), **inputs: Input) -> StageSpec:
+    return StageSpec(
+        name="pretrain",
+        summary="train a Llama 4 MoE from scratch on the packed token shards, resumable from checkpoints",
+        config_type=PretrainConfig,
+        config_section="pretrain",
+        variant=variant,
+        inputs={"tokens": TOKENS,
+                # Retraining continues from the variant's champion instead of random weights.
+                "init": Input("a model output to start from instead of random weights", optional=True),
+                **inputs},
+        reads=reads,
+        resources=GPU_NODE,
+        resumable=True,
+    )
+
+
+# The teacher pretrains first; its top-k over the students' windows is cached once
+# (stage codistill) and both students pretrain against it (LLAMA4_SPEC §2.3).
+TEACHER_SPEC = _spec(TEACHER)
+STUDENT_SPECS = tuple(_spec(
+    student,
+    reads=("codistill",),
+    teacher=Input("the teacher's pretrain output (codistill.teacher_source=online)",
+                  from_stage=f"{TEACHER}.pretrain", optional=True),
+    teacher_cache=Input("the codistill output: the teacher's cached top-k (codistill.teacher_source=cache)",
+                        from_stage="codistill", optional=True),
+) for student in STUDENTS)

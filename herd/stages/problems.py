@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints, field_validator
 
 from herd.config import StageConfig
+from herd.stage import Input, Resources, StageSpec
 
 
 Iso639_3 = Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
@@ -50,3 +51,13 @@ class ProblemsConfig(StageConfig):
     def _as_set(cls, value: list[str]) -> list[str]:
         # Order and repeats change no item, so they must not change the output path either.
         return sorted(set(value))
+
+
+SPEC = StageSpec(
+    name="problems",
+    summary="build prompt/answer sets with checkers (UDHR tasks, arithmetic, strings, sandboxed code)",
+    config_type=ProblemsConfig,
+    config_section="problems",
+    inputs={"udhr": Input("UDHR JSONL (aligned articles), file, folder or s3:// prefix; empty for the seed corpus")},
+    resources=Resources(cpu="2", memory="4Gi"),
+)

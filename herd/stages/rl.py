@@ -21,6 +21,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from herd.config import operational
+from herd.stage import Input, StageSpec
+from herd.stages.models import VARIANTS
+from herd.stages.shared import GPU_NODE, POST_TRAINING_INPUTS
 from herd.stages.training import TrainingConfig
 
 
@@ -86,3 +89,15 @@ class RLConfig(TrainingConfig):
     @property
     def epsilon_high(self) -> float:
         return self.clip_epsilon if self.clip_epsilon_high is None else self.clip_epsilon_high
+
+
+SPECS = tuple(StageSpec(
+    name="rl",
+    summary="online GRPO-style RL with a pass@k curriculum, rewards from the problems' checkers",
+    config_type=RLConfig,
+    config_section="rl",
+    variant=variant,
+    inputs={"model": Input("the variant's SFT output", from_stage=f"{variant}.sft"), **POST_TRAINING_INPUTS},
+    resources=GPU_NODE,
+    resumable=True,
+) for variant in VARIANTS)

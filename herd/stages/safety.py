@@ -21,6 +21,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from herd.config import StageConfig, operational
+from herd.stage import Input, Resources, StageSpec
+from herd.stages.models import FINAL_STAGE, VARIANTS
 
 Benchmark = Literal["prompt-injection", "mitre-frr", "interpreter", "instruct", "autocomplete"]
 GoalSource = Literal["builtin", "interpreter"]
@@ -124,3 +126,31 @@ class SafetyConfig(StageConfig):
                 raise ValueError(f"datasets[{benchmark!r}] = {path!r}: a path inside the cyberseceval input "
                                  f"(give the folder as the stage's cyberseceval input, not here)")
         return value
+
+
+# The guards train once, from data they build; every variant's safety stage reads the same ones.
+_CYBERSECEVAL = Input("a folder or s3:// prefix holding PurpleLlama's CyberSecEval JSON files; empty: "
+                      "HERD_CYBERSECEVAL_URI, $HERD_HOME/cyberseceval or the repository's data/cyberseceval, "
+                      "the first there (none: the benchmarks are skipped)", optional=True)
+GUARDS_SPEC = StageSpec(
+    name="guards",
+    summary="build guard data and train a Llama-Guard-style output and a Prompt-Guard-style input classifier",
+    config_type=GuardsConfig,
+    config_section="guards",
+    inputs={"cyberseceval": _CYBERSECEVAL},
+    reads=("safety.datasets",),  # which files of the cyberseceval input are the held-out sets
+    resources=Resources(cpu="4", memory="8Gi"),
+)
+SAFETY_SPECS = tuple(StageSpec(
+    name="safety",
+    summary="CyberSecEval benchmarks and GOAT multi-turn red teaming of the final model, judged with the guards",
+    config_type=SafetyConfig,
+    config_section="safety",
+    variant=variant,
+    inputs={"model": Input("the variant's final model", from_stage=f"{variant}.{FINAL_STAGE[variant]}"),
+            "guards": Input("the guards output", from_stage="guards"),
+            "cyberseceval": _CYBERSECEVAL},
+    # herd's sampler answers on one device; a model too big for one GPU is evaluated through an endpoint.
+    resources=Resources(cpu="8", memory="120Gi", gpus=1, shm="16Gi"),
+    version=2,  # 2: a benchmark whose judge gave no verdict has no figure (was: a rate of 0)
+) for variant in VARIANTS)

@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from herd.config import operational
-from herd.stages.models import TEACHER
+from herd.stage import Input, StageSpec
+from herd.stages.models import TEACHER, VARIANTS
+from herd.stages.shared import GPU_NODE, POST_TRAINING_INPUTS
 from herd.stages.training import TrainingConfig
 
 Judge = Literal["teacher_loss", "student_loss", "teacher_passk"]
@@ -61,3 +63,20 @@ class SFTConfig(TrainingConfig):
     def drop_fraction(self, variant: str) -> float:
         """The share of easy examples dropped for ``variant``: the teacher's when it is the teacher."""
         return self.teacher_drop_easy_fraction if variant == TEACHER else self.drop_easy_fraction
+
+
+# Behemoth fine-tunes its pretrained model; the students their mid-trained one. The
+# teacher judges every example's difficulty for all three.
+SPECS = tuple(StageSpec(
+    name="sft",
+    summary="judge-pruned SFT: drop the easiest share by the teacher's judgement, train on assistant tokens",
+    config_type=SFTConfig,
+    config_section="sft",
+    variant=variant,
+    inputs={"model": Input("the model to fine-tune",
+                           from_stage=f"{variant}.{'pretrain' if variant == TEACHER else 'midtrain'}"),
+            "judge": Input("the teacher that judges difficulty", from_stage=f"{TEACHER}.pretrain"),
+            **POST_TRAINING_INPUTS},
+    resources=GPU_NODE,
+    resumable=True,
+) for variant in VARIANTS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from herd.config import StageConfig, operational
+from herd.stage import Input, Resources, StageSpec
 
 
 class TokenizerConfig(StageConfig):
@@ -19,3 +20,16 @@ class TokenizerConfig(StageConfig):
     fertility_docs_per_language: int = Field(20, gt=0)
     seed: int = 0
     batch_docs: int = operational(1024, "Documents per encode batch.")
+
+
+SPEC = StageSpec(
+    name="tokenizer",
+    summary="train a byte-level BPE with Llama 4 special tokens and write packed token shards",
+    config_type=TokenizerConfig,
+    config_section="tokenizer",
+    inputs={"mix": Input("the datamix output", from_stage="datamix"),
+            # Retraining keeps the champion's tokenizer: continued pretraining needs its token ids.
+            "base": Input("a tokenizer or model output whose tokenizer to keep instead of training one",
+                          optional=True)},
+    resources=Resources(cpu="4", memory="16Gi"),
+)

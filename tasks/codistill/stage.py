@@ -24,6 +24,7 @@ from tasks.codistill.cache import CACHE_DIR, build_student_cache
 from tasks.model.artifacts import load_model
 from tasks.model.inputs import model_dir, tokenizer_dir
 from tasks.pretrain.train import device_and_dtype
+from tasks.runtime.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def needs_cache(config: CodistillConfig) -> bool:
     return config.scheme != "none" and config.teacher_source == "cache"
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[CodistillConfig]) -> dict:
     config: CodistillConfig = ctx.config
     if not needs_cache(config):
         reason = "scheme none: students train on the labels only" if config.scheme == "none" else \

@@ -33,6 +33,7 @@ from tasks.datamix.budget import Budget, budgets, copies, estimate_tokens
 from tasks.datamix.documents import BatchResult, init_worker, process_batch, read_batches
 from tasks.datamix.dedup import SeenKeys
 from tasks.datamix.report import log_reports
+from tasks.runtime.context import StageContext
 from tasks.runtime.parallel import ordered_map, worker_count
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def _peak_rss_mb() -> float:
     return max(own, children) / 1024
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[DatamixConfig]) -> dict:
     config: DatamixConfig = ctx.config
     clock = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="herd-datamix-") as tmp:

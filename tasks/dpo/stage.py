@@ -20,9 +20,10 @@ from tasks.problems.item import read_jsonl
 from tasks.rl.loop import POOL, hard_prompt_ids
 from tasks.rl.rollout import ChatRenderer
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[DPOConfig]) -> dict:
     config: DPOConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-dpo-") as tmp:
         scratch = Path(tmp)

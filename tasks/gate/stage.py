@@ -29,6 +29,7 @@ from herd.stages.gate import GateConfig
 from tasks.registry import versions
 from tasks.registry.verdict import FAIL, NOT_APPLICABLE, REPORT_JSON, failed, figures_of, judge, verdict
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 from tasks.runtime.reports import write_csv
 from tasks.runtime.step import STEP_FILE
 
@@ -42,7 +43,7 @@ def read_steps(inputs: dict[str, str]) -> dict[str, dict]:
     return {key: json.loads(storage.read_text(storage.join(uri, STEP_FILE))) for key, uri in inputs.items()}
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[GateConfig]) -> dict:
     config: GateConfig = ctx.config
     variant = ctx.variant
     client = ctx.tracker.client

@@ -42,6 +42,7 @@ from tasks.guards.model import (
     train_prompt_guard,
 )
 from tasks.redteam.datasets import locate_datasets, read_dataset
+from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _write_jsonl(path: Path, examples) -> None:
             handle.write(json.dumps(asdict(example), ensure_ascii=False) + "\n")
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[GuardsConfig]) -> dict:
     config: GuardsConfig = ctx.config
     started = time.monotonic()
     out_train, out_test = output_guard_examples(config.examples, config.test_share, config.seed)

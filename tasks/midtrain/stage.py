@@ -26,12 +26,13 @@ from tasks.pretrain.flops import peak_flops, training_flops_per_token
 from tasks.pretrain.reports import log_training_reports, training_summary
 from tasks.pretrain.train import Throughput, device_and_dtype, train, width_mult
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[MidtrainConfig]) -> dict:
     config: MidtrainConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-midtrain-") as tmp:
         scratch = Path(tmp)

@@ -45,13 +45,14 @@ from tasks.pretrain.flops import peak_flops, training_flops_per_token
 from tasks.pretrain.reports import log_training_reports, training_summary
 from tasks.pretrain.train import Throughput, device_and_dtype, new_model, next_token_objective, train, width_mult
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
 from tasks.runtime.step import InputError
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[PretrainConfig]) -> dict:
     config: PretrainConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-pretrain-") as tmp:
         tokenizer = tokenizer_dir(ctx.inputs["tokens"], Path(tmp))

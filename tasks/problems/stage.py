@@ -16,10 +16,11 @@ from pathlib import Path
 from herd.stages.problems import ProblemsConfig
 from tasks.problems.build import INDEX, build_problem_sets
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[ProblemsConfig]) -> dict:
     config: ProblemsConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-problems-") as tmp:
         corpus = storage.localize(ctx.inputs["udhr"], Path(tmp), lambda relative: relative.endswith(".jsonl"))

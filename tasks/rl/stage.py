@@ -19,9 +19,10 @@ from tasks.problems.item import read_jsonl
 from tasks.rl.loop import run_rl
 from tasks.rl.rollout import ChatRenderer
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[RLConfig]) -> dict:
     config: RLConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-rl-") as tmp:
         scratch = Path(tmp)

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,9 @@ import herd
 from herd.config import StageConfig
 from herd.pipeline import STAGES, PipelineConfig, stage
 from herd.stage import StageSpec
-from herd.versioning import describe_changes, output_hash, output_uri, version_record
+from herd.versioning import describe_changes, output_hash, output_uri, stage_record
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 from tasks.runtime.home import default_corpus, default_cyberseceval
 from tasks.runtime.tracking import NullRun, StageRun
 
@@ -58,34 +59,6 @@ class NotSelected(RuntimeError):
 
 class NotNeeded(NotSelected):
     """As :class:`NotSelected`, for a stage that no selected stage needs: its task is skipped, not failed."""
-
-
-@dataclass
-class StageContext:
-    """What a stage's ``run`` receives. It writes its outputs under ``workdir``."""
-
-    spec: StageSpec
-    run_id: str
-    pipeline: PipelineConfig
-    config: Any
-    inputs: dict[str, str]
-    output_uri: str
-    workdir: Path
-    tracker: StageRun
-    summary: dict[str, Any] = field(default_factory=dict)
-    rank: int = 0  # under torchrun, only rank 0 writes outputs and tracks
-
-    @property
-    def variant(self) -> str | None:
-        return self.spec.variant
-
-    @property
-    def model_preset(self) -> str:
-        return self.pipeline.models.preset(self.spec.variant or "scout")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -165,18 +138,13 @@ def plan(config: PipelineConfig, artifact_root: str, external: dict[str, str]) -
                     hashes[key] = input_hash(spec, key, uri)
                 except InputError:  # a plan still shows the other stages; running this one will say why
                     hashes[key] = f"missing:{uri}"
-        record = _record(spec, config, hashes)
+        record = stage_record(spec, config, hashes)
         digest = output_hash(record)
         uri = output_uri(artifact_root, spec.artifact_path, digest)
         complete = storage.exists(storage.join(uri, SUCCESS))
         previous = None if complete else latest_record(artifact_root, spec.artifact_path)
         planned[spec.id] = PlannedStage(spec, uri, digest, record, complete, previous)
     return list(planned.values())
-
-
-def _record(spec: StageSpec, config: PipelineConfig, hashes: dict[str, str]) -> dict[str, Any]:
-    model = config.models.preset(spec.variant) if spec.variant else None
-    return version_record(spec, config.section(spec), hashes, model, config.read_fields(spec))
 
 
 def rank() -> int:
@@ -220,7 +188,7 @@ def execute(
     stage_config: StageConfig = config.section(spec)
     inputs = resolve_inputs(spec, given_inputs)
     hashes = {key: input_hash(spec, key, uri) for key, uri in inputs.items()}
-    record = _record(spec, config, hashes)
+    record = stage_record(spec, config, hashes)
     digest = output_hash(record)
     out = output_uri(artifact_root, spec.artifact_path, digest)
     marker = storage.join(out, SUCCESS)

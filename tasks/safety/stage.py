@@ -58,6 +58,7 @@ from typing import Any
 from herd.stages.safety import SafetyConfig
 from tasks.guards.loader import OutputGuard, PromptGuard, load_guards
 from tasks.redteam.datasets import locate_datasets
+from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
 from tasks.safety.benchmarks import BENCHMARKS
 from tasks.safety.chat import ChatModel, load_chat_model
@@ -184,7 +185,7 @@ def run_goat_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: Ou
     return figures
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[SafetyConfig]) -> dict:
     config: SafetyConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-safety-") as tmp:
         scratch = Path(tmp)

@@ -19,10 +19,11 @@ from tasks.model.inputs import model_dir, problems_dir, tokenizer_dir
 from tasks.pretrain.reports import log_training_reports
 from tasks.pretrain.train import width_mult
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 from tasks.sft.run import run_sft
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[SFTConfig]) -> dict:
     config: SFTConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-sft-") as tmp:
         scratch = Path(tmp)

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 from herd.stages.tokenizer import TokenizerConfig
 from tasks import languages
 from tasks.runtime import storage
+from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
 from tasks.runtime.step import InputError
 from tasks.tokenizer.encode import encode_shards
@@ -96,7 +97,7 @@ def _base_tokenizer(uri: str, scratch: Path) -> Tokenizer:
     return Tokenizer.from_file(str(found))
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext[TokenizerConfig]) -> dict:
     config: TokenizerConfig = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-tokenizer-") as tmp:
         shards = _local_shards(ctx.inputs["mix"], Path(tmp))
