@@ -23,8 +23,13 @@ demo: corpus
 plan: install
 	$(PY) -m tasks.cli plan $(ARGS)
 
+# Up to two pytest-xdist workers, one a core (each process on one torch thread, see tests/conftest.py); a file's
+# tests stay on one worker, so its module fixtures are built once; the longest files start first.
+# TEST_WORKERS=0: one process, as before.
+TEST_WORKERS ?= auto
 test: install
-	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --maxprocesses=2 --dist loadfile --no-loadscope-reorder \
+		$(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import herd, output_of
 from herd.model import ModelConfig
 from herd.pipeline import load_config
 from herd.stages.codistill import CodistillConfig
@@ -40,11 +39,9 @@ def tiny_pretrain(**updates):
 
 
 @pytest.fixture(scope="module")
-def tokens(udhr_subset, tmp_path_factory) -> Path:
-    env = {"HERD_HOME": str(tmp_path_factory.mktemp("codistill-home"))}
-    mix = output_of(herd("stage", "datamix", "--run", "cd", "--in", f"corpus={udhr_subset}", env=env))
-    return Path(output_of(herd("stage", "tokenizer", "--run", "cd", "--in", f"mix={mix}",
-                               "--set", "tokenizer.vocab_size=1024", env=env))) / "tokens"
+def tokens(tokenizer_dir) -> Path:
+    """The tokenizer stage's packed shards."""
+    return tokenizer_dir / "tokens"
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-import torch
-from conftest import REPO, herd
+from conftest import REPO, herd, tiny_model_dir
 from test_s3 import s3_server  # noqa: F401 - the rclone S3 server fixture
 
 from herd.stages.safety import CyberSecEvalConfig
@@ -42,39 +41,16 @@ SHARED = REPO / "data" / "cyberseceval"  # PurpleLlama's files (MIT), kept in th
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the CyberSecEval files are not at {SHARED}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A herd model folder as a model stage writes it: random weights, a BPE trained on CyberSecEval text."""
-    from herd.model import ModelConfig
-    from herd.stages.tokenizer import TokenizerConfig
-    from tasks.model.artifacts import write_model
-    from tasks.model.llama4 import Llama4
-    from tasks.tokenizer import special_tokens as st
-    from tasks.tokenizer.train import Sample, save_for_transformers, train_tokenizer
-
     root = tmp_path_factory.mktemp("cse-model")
-    sample = Sample()
-    sample.train["eng"] = [r["test_case_prompt"] + "\n" + r["user_input"]
-                           for r in json.loads((SHARED / "prompt_injection.json").read_text())]
-    tokenizer = train_tokenizer(sample, TokenizerConfig(vocab_size=512, num_reserved_special_tokens=8))
-    save_for_transformers(tokenizer, root / "tokenizer")
-    config = ModelConfig(vocab_size=tokenizer.get_vocab_size(with_added_tokens=True), dim=32, n_layers=2, n_heads=2,
-                         n_kv_heads=1, head_dim=16, ffn_dim=32, dense_ffn_dim=64, n_experts=2, nope_every=2,
-                         chunk_size=32, floor_scale=16, max_seq_len=256)
-    model = Llama4(config)
-    model.init_weights(generator=torch.Generator().manual_seed(0))
-    (root / "model").mkdir()
-    write_model(model, root / "model", root / "tokenizer", tokenizer.token_to_id(st.BEGIN_OF_TEXT),
-                tokenizer.token_to_id(st.END_OF_TEXT))
-    return root / "model"
+    cases = json.loads((SHARED / "prompt_injection.json").read_text())
+    texts = [case["test_case_prompt"] + "\n" + case["user_input"] for case in cases]
+    return tiny_model_dir(texts, root / "tokenizer", root / "model")
 
 
 class Scripted:

@@ -14,14 +14,18 @@ from tasks.dpo.pairs import Pair, pairs_of
 from tasks.dpo.train import dpo_loss, pair_logprobs
 from tasks.pretrain.train import param_groups
 from tasks.rl.rollout import Group
-from test_rl import one_thread, real_problems, stage_tokenizer, tiny_model  # noqa: F401 - one_thread is a fixture
+from conftest import tiny_model
+from test_rl import real_problems
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def renderer(udhr_subset, tmp_path_factory):
+def renderer(tokenizer_dir):
     from tasks.rl.rollout import ChatRenderer
 
-    return ChatRenderer.load(stage_tokenizer(udhr_subset, tmp_path_factory))
+    return ChatRenderer.load(tokenizer_dir)
 
 
 def test_the_loss_is_log_2_when_the_policy_is_the_reference():

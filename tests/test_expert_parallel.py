@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import REPO, herd, output_of
+from conftest import REPO, output_of
 from safetensors.torch import load_file
 
 from herd.model import nano, nano_maverick
@@ -126,12 +126,9 @@ def _launch(home: Path, tokens: str, *sets: str) -> tuple[Path, str]:
 
 
 def test_deepspeed_zero3_with_experts_split_over_two_ranks_trains_saves_every_expert_and_resumes(
-        udhr_subset, tmp_path):
+        tokenizer_dir, tmp_path):
     pytest.importorskip("deepspeed")
-    env = {"HERD_HOME": str(tmp_path / "data")}
-    mix = output_of(herd("stage", "datamix", "--run", "ep", "--in", f"corpus={udhr_subset}", env=env))
-    tokens = output_of(herd("stage", "tokenizer", "--run", "ep", "--in", f"mix={mix}",
-                            "--set", "tokenizer.vocab_size=1024", env=env))
+    tokens = str(tokenizer_dir)
     split = ["--set", "pretrain.expert_parallel_size=2", "--set", "pretrain.activation_checkpointing=true"]
     out, _ = _launch(tmp_path / "ep", tokens, *split)
     metrics = json.loads((out / "step.json").read_text())["metrics"]

@@ -123,23 +123,13 @@ def tiny_export(folder: Path) -> Path:
     """A tiny Llama 4 with a BPE tokenizer, written as a model stage writes it (``model.safetensors``, ``hf/``)."""
     if (folder / "hf" / "config.json").exists():
         return folder
-    import torch
-    from test_rl import tiny_model
+    from conftest import tiny_model_dir
 
-    from herd.stages.tokenizer import TokenizerConfig
-    from tasks.model.artifacts import write_model
     from tasks.tokenizer import special_tokens as st
-    from tasks.tokenizer.train import Sample, save_for_transformers, train_tokenizer
 
-    sample = Sample()
-    sample.train["eng"] = [f"Everyone has the right to life, liberty and security of person {i}; 12 + {i} = {12 + i}."
-                           for i in range(200)]
-    tokenizer = train_tokenizer(sample, TokenizerConfig(vocab_size=512, min_frequency=1, num_reserved_special_tokens=8))
-    save_for_transformers(tokenizer, folder / "tokenizer")
-    torch.manual_seed(0)
-    model = tiny_model(tokenizer.get_vocab_size(with_added_tokens=True))
-    write_model(model, folder, folder / "tokenizer", tokenizer.token_to_id(st.BEGIN_OF_TEXT), tokenizer.token_to_id(st.EOT))
-    return folder
+    texts = [f"Everyone has the right to life, liberty and security of person {i}; 12 + {i} = {12 + i}."
+             for i in range(200)]
+    return tiny_model_dir(texts, folder / "tokenizer", folder, eos=st.EOT, min_frequency=1)
 
 
 def fake_output(root: Path, stage: str, variant: str, metrics: dict, model: Path | None = None,

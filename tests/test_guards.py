@@ -31,12 +31,7 @@ SHARED = REPO / "data" / "cyberseceval"  # PurpleLlama's files (MIT), kept in th
 SETTINGS = {"buckets": 2**16, "char_ngrams": (3, 5), "epochs": 3, "lr": 0.05, "batch_size": 128, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

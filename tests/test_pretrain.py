@@ -27,11 +27,8 @@ LABELS_ONLY = ["--set", "codistill.scheme=none"]
 
 
 @pytest.fixture(scope="module")
-def tokens(udhr_subset, tmp_path_factory) -> str:
-    env = {"HERD_HOME": str(tmp_path_factory.mktemp("pre-home"))}
-    mix = output_of(herd("stage", "datamix", "--run", "pre", "--in", f"corpus={udhr_subset}", env=env))
-    return output_of(herd("stage", "tokenizer", "--run", "pre", "--in", f"mix={mix}",
-                          "--set", "tokenizer.vocab_size=1024", env=env))
+def tokens(tokenizer_dir) -> str:
+    return str(tokenizer_dir)
 
 
 def test_loss_falls_and_the_export_loads_in_transformers(tokens, herd_home):

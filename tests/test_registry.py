@@ -137,7 +137,7 @@ def test_evaluate_a_registered_version_by_alias(gates, client, tmp_path):
 
 
 def test_retraining_starts_from_the_champions_weights_and_tokenizer(gates, client, export, tmp_path):
-    from test_rl import tiny_model
+    from conftest import tiny_model
 
     from tasks.model.artifacts import load_model
     from tasks.pretrain.stage import _start_from

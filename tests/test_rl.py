@@ -14,38 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import herd, output_of
-from herd.model import ModelConfig
+from conftest import tiny_model
 from herd.stages.problems import ProblemsConfig
 from herd.stages.rl import RLConfig
-from tasks.model.llama4 import Llama4
 from tasks.problems.item import Problem, make_problem
 from tasks.rl.grpo import clipped_surrogate, group_advantages
 from tasks.rl.passk import PromptPool, pass_at_k
 from tasks.rl.sampling import KVCache, cached_logits, nucleus, sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy shared CPU OpenMP's spinning
-    # threads make each small op tens of times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def stage_tokenizer(udhr_subset: Path, tmp_path_factory) -> Path:
-    """The tokenizer stage's output (run once per session, shared with test_dpo)."""
-    record = tmp_path_factory.getbasetemp() / "post-training-tokenizer.txt"
-    if record.exists():
-        return Path(record.read_text())
-    env = {"HERD_HOME": str(tmp_path_factory.mktemp("post-training-home"))}
-    mix = output_of(herd("stage", "datamix", "--run", "post", "--in", f"corpus={udhr_subset}", env=env))
-    folder = output_of(herd("stage", "tokenizer", "--run", "post", "--in", f"mix={mix}",
-                            "--set", "tokenizer.vocab_size=1024", env=env))
-    record.write_text(folder)
-    return Path(folder)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def real_problems(udhr_subset: Path) -> list[Problem]:
@@ -55,19 +33,6 @@ def real_problems(udhr_subset: Path) -> list[Problem]:
     config = ProblemsConfig(count_arithmetic=4, count_strings=4, count_code=2, count_translate=16, count_language_id=4,
                             count_continue=6, max_text_chars=120)
     return generate_all(udhr.load_declarations(udhr_subset), config)
-
-
-def tiny_model(vocab_size: int, seed: int = 0, **shape) -> Llama4:
-    config = ModelConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16, ffn_dim=32,
-                         dense_ffn_dim=64, n_experts=2, nope_every=2, chunk_size=32, floor_scale=16, max_seq_len=256)
-    model = Llama4(config.model_copy(update=shape))
-    model.init_weights(generator=torch.Generator().manual_seed(seed))
-    return model
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(udhr_subset, tmp_path_factory) -> Path:
-    return stage_tokenizer(udhr_subset, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import REPO
+from conftest import REPO, tiny_model_dir
 from pydantic import ValidationError
 
 from herd.pipeline import load_config
@@ -30,27 +29,10 @@ JUDGED_FIGURES = {"prompt-injection": "prompt_injection_success_rate", "interpre
 
 def tiny_model(root: Path) -> Path:
     """A model stage's output (weights, hf/ with a chat-template tokenizer, step.json, marker), random weights."""
-    from herd.model import ModelConfig
-    from herd.stages.tokenizer import TokenizerConfig
-    from tasks.model.artifacts import write_model
-    from tasks.model.llama4 import Llama4
     from tasks.safety.goat import BUILTIN_GOALS
-    from tasks.tokenizer import special_tokens as st
-    from tasks.tokenizer.train import Sample, save_for_transformers, train_tokenizer
 
-    sample = Sample()
-    sample.train["eng"] = [goal for goals in BUILTIN_GOALS.values() for goal in goals] * 4
-    tokenizer = train_tokenizer(sample, TokenizerConfig(vocab_size=512, num_reserved_special_tokens=8))
-    save_for_transformers(tokenizer, root / "tokenizer")
-    config = ModelConfig(vocab_size=tokenizer.get_vocab_size(with_added_tokens=True), dim=32, n_layers=2, n_heads=2,
-                         n_kv_heads=1, head_dim=16, ffn_dim=32, dense_ffn_dim=64, n_experts=2, nope_every=2,
-                         chunk_size=32, floor_scale=16, max_seq_len=256)
-    model = Llama4(config)
-    model.init_weights(generator=torch.Generator().manual_seed(0))
-    out = root / "model"
-    out.mkdir()
-    write_model(model, out, root / "tokenizer", tokenizer.token_to_id(st.BEGIN_OF_TEXT),
-                tokenizer.token_to_id(st.END_OF_TEXT))
+    out = tiny_model_dir([goal for goals in BUILTIN_GOALS.values() for goal in goals] * 4, root / "tokenizer",
+                         root / "model")
     (out / "step.json").write_text(json.dumps({"stage": "dpo", "output_hash": "tinymodel0000000"}))
     (out / "_SUCCESS").write_text("{}")
     return out

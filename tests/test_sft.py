@@ -13,11 +13,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from conftest import herd, output_of
-from herd.model import ModelConfig
+from conftest import tiny_model
 from herd.stages.problems import ProblemsConfig
 from herd.stages.sft import SFTConfig
-from tasks.model.llama4 import Llama4
 from tasks.problems.item import CAPABILITIES, read_jsonl
 from tasks.sft.data import PAD, Example, PackedRows, pack, pad_id, render_examples
 from tasks.sft.evaluate import hard_set, train_arm
@@ -27,24 +25,10 @@ from tasks.sft.sampling import generate
 
 PROBLEMS = ProblemsConfig(count_arithmetic=60, count_strings=60, count_code=10, count_translate=30,
                           count_language_id=40, count_continue=40, heldout_fraction=0.3)
+# The SFT tests' model: the shared tiny shape at twice its width.
+WIDE = dict(dim=64, head_dim=32, ffn_dim=128, dense_ffn_dim=256, chunk_size=64, floor_scale=256)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread than on a few a busy machine shares."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(udhr_subset, tmp_path_factory) -> Path:
-    """The tokenizer stage's output on the real UDHR subset: 1,024 BPE tokens plus Llama 4's specials."""
-    env = {"HERD_HOME": str(tmp_path_factory.mktemp("sft-home"))}
-    mix = output_of(herd("stage", "datamix", "--run", "sft", "--in", f"corpus={udhr_subset}", env=env))
-    return Path(output_of(herd("stage", "tokenizer", "--run", "sft", "--in", f"mix={mix}",
-                               "--set", "tokenizer.vocab_size=1024", env=env)))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +51,6 @@ def problems_dir(udhr_subset, tmp_path_factory) -> Path:
 def examples(tokenizer, problems_dir) -> list[Example]:
     rendered, _ = render_examples(tokenizer, read_jsonl(problems_dir / "train.jsonl"), seed=0, max_tokens=193)
     return rendered
-
-
-def tiny_model(vocab_size: int, seed: int) -> Llama4:
-    config = ModelConfig(vocab_size=vocab_size, dim=64, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=32,
-                         ffn_dim=128, dense_ffn_dim=256, n_experts=2, nope_every=2, chunk_size=64, floor_scale=256)
-    model = Llama4(config)
-    model.init_weights(std=0.02, generator=torch.Generator().manual_seed(seed))
-    return model
 
 
 @dataclass(frozen=True)
@@ -156,7 +132,7 @@ def test_the_batch_of_a_step_is_a_function_of_the_seed_and_step(tokenizer, examp
 # The judge.
 
 def test_greedy_answers_are_the_argmax_of_the_full_forward(tokenizer, examples):
-    model = tiny_model(len(tokenizer), seed=2).eval()
+    model = tiny_model(len(tokenizer), seed=2, **WIDE).eval()
     eot = tokenizer.convert_tokens_to_ids("<|eot|>")
     chosen = [examples[0], examples[0], *[e for e in examples if len(e.prompt_ids) > 64][:2]]  # past a chunk
     prompts = [list(e.prompt_ids) for e in chosen]
@@ -175,7 +151,7 @@ def test_greedy_answers_are_the_argmax_of_the_full_forward(tokenizer, examples):
 def test_the_judge_finds_an_example_it_was_trained_on_easier(tokenizer, examples, tmp_path):
     short = [e for e in examples if e.capability in ("arithmetic", "strings") and len(e.input_ids) < 64]
     trained, unseen = short[0], short[1:9]
-    model = tiny_model(len(tokenizer), seed=0)
+    model = tiny_model(len(tokenizer), seed=0, **WIDE)
     config = SFTConfig(seq_len=64, batch_size=1, steps=30, lr=1e-2, warmup_steps=0, checkpoint_every=1000,
                        log_every=1000, judge="teacher_passk", passk_samples=2, passk_k=1, sample_temperature=0.01,
                        max_new_tokens=12)
@@ -240,8 +216,8 @@ def test_run_sft_prunes_trains_on_assistant_tokens_and_reports(tokenizer, tokeni
     config = SFTConfig(seq_len=192, batch_size=4, steps=8, lr=3e-3, warmup_steps=1, log_every=4,
                        checkpoint_every=4, eval_max_items=12, max_new_tokens=4, compare_unpruned=True)
     metrics, plots = [], []
-    student = tiny_model(vocab, seed=0)
-    summary, history = run_sft(student, tiny_model(vocab, seed=1), problems_dir, tokenizer_dir, config, 0.5,
+    student = tiny_model(vocab, seed=0, **WIDE)
+    summary, history = run_sft(student, tiny_model(vocab, seed=1, **WIDE), problems_dir, tokenizer_dir, config, 0.5,
                                tmp_path, lambda step, m: metrics.append((step, m)),
                                lambda name, draw: plots.append(name))
     assert summary["kept"] + summary["dropped"] == summary["train_examples"]
@@ -263,7 +239,8 @@ def test_run_sft_prunes_trains_on_assistant_tokens_and_reports(tokenizer, tokeni
 
     # Run again in the same folder: the saved scores and the final checkpoints stand, nothing retrains.
     saved = (tmp_path / SCORES).read_text()
-    again, history = run_sft(tiny_model(vocab, seed=0), None if config.judge == "student_loss" else tiny_model(vocab, 5),
+    again, history = run_sft(tiny_model(vocab, seed=0, **WIDE),
+                             None if config.judge == "student_loss" else tiny_model(vocab, 5, **WIDE),
                              problems_dir, tokenizer_dir, config, 0.5, tmp_path, lambda step, m: None,
                              lambda name, draw: None)
     assert history.steps == [] and (tmp_path / SCORES).read_text() == saved
