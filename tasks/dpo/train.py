@@ -10,7 +10,7 @@ of pairs whose chosen completion has the larger implicit reward, the margin thei
 difference. With the policy equal to the reference the loss is log 2 and the margin 0.
 
 Pairs are sampled once and kept in ``pairs.json``; reference log-probs are computed once.
-Checkpoints every ``checkpoint_every`` steps (``tasks.pretrain.checkpoint``) resume the run.
+Checkpoints every ``checkpoint_every`` steps (``tasks.training.checkpoint``) resume the run.
 This is our own loop, not TRL's DPOTrainer: the model is ours, not a transformers model,
 and the loop is a few dozen lines.
 """
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from herd.stages.dpo import DPOConfig
 from tasks.dpo.pairs import Pair, build_pairs, read_pairs, write_pairs
 from tasks.model.llama4 import Llama4, Output
-from tasks.pretrain import checkpoint
-from tasks.pretrain.train import device_and_dtype, lr_factor, param_groups
+from tasks.training import checkpoint
+from tasks.training.loop import device_and_dtype, lr_factor, param_groups
 from tasks.problems.item import Problem
 from tasks.rl.rollout import ChatRenderer
 

@@ -22,7 +22,7 @@ import torch
 
 from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4, Output
-from tasks.pretrain.train import device_and_dtype, lr_factor, param_groups
+from tasks.training.loop import device_and_dtype, lr_factor, param_groups
 from tasks.rl.rollout import Group
 
 

@@ -17,7 +17,7 @@ reference; its KL is reported every round and enters the loss with ``kl_coef`` >
 At the end, ``pool.json`` lists the prompts left in the pool, hardest first
 (:func:`hard_prompt_ids`: the DPO stage's prompt set).
 
-Resuming restores weights, AdamW moments and the schedule (``tasks.pretrain.checkpoint``),
+Resuming restores weights, AdamW moments and the schedule (``tasks.training.checkpoint``),
 and the round, the rollouts spent and the pool from ``rl-state/round-N.json``, written
 before the checkpoint so a checkpoint never lacks it. Rounds in flight at the interruption
 are sampled again with the restored weights: with ``queue_depth=1`` a resumed run repeats
@@ -39,8 +39,8 @@ import torch
 
 from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4
-from tasks.pretrain import checkpoint
-from tasks.pretrain.train import device_and_dtype
+from tasks.training import checkpoint
+from tasks.training.loop import device_and_dtype
 from tasks.problems.item import SYSTEM_PROMPTS, Problem
 from tasks.rl.grpo import GRPOTrainer, group_advantages
 from tasks.rl.passk import PromptPool, pass_at_k

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from herd.stages.sft import SFTConfig
 from tasks.model.llama4 import Llama4
-from tasks.pretrain.train import History, train
+from tasks.training.loop import History, train
 from tasks.runtime import storage
 from tasks.sft.data import Example, PackedRows, pad_id
 from tasks.sft.judge import answer_losses, prune, sample_rewards

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from herd.stages.sft import SFTConfig
 from tasks.model.llama4 import Llama4
-from tasks.pretrain.reports import training_summary
-from tasks.pretrain.train import History
+from tasks.training.reports import training_summary
+from tasks.training.loop import History
 from tasks.problems.chat import load_tokenizer
 from tasks.problems.item import read_jsonl
 from tasks.runtime import storage

@@ -5,7 +5,7 @@ Shape legend: W cached windows of a shard, B batch, S sequence (targets), K top-
 
 The cache is the amortisation of LLAMA4_SPEC §2.3: the teacher's forward pass over the
 students' data runs once, and every student (Scout, Maverick, each seed) reads the result.
-A batch is a pure function of the step (:mod:`tasks.pretrain.data`), so the cache is keyed
+A batch is a pure function of the step (:mod:`tasks.training.data`), so the cache is keyed
 by the window a row comes from, ``(shard, start)``, not by step: students with other batch
 sizes or seeds read the same entries. Layout, under the cache artifact's folder::
 
@@ -16,7 +16,7 @@ sizes or seeds read the same entries. Layout, under the cache artifact's folder:
 ids, best first. Storing T = 1 log-probs rather than logits keeps the normaliser (the mass
 the k ids cover, and the teacher's exact top probability, which the dynamic weight uses),
 and tempering them and renormalising over the k ids at use is exact at any temperature, so
-one cache serves every ``codistill.temperature`` (:mod:`tasks.codistill.losses`). float16 keeps
+one cache serves every ``codistill.temperature`` (:mod:`tasks.training.distill.losses`). float16 keeps
 about three significant digits of a log-prob, far finer than the student ever matches.
 
 **Which windows.** ``build_cache`` covers exactly the windows a student run of ``steps``
@@ -45,8 +45,8 @@ from safetensors.torch import save_file
 from herd.stages.codistill import CodistillConfig
 from herd.stages.training import TrainingConfig
 from tasks.model.llama4 import Llama4
-from tasks.pretrain.batch import Batch, BatchSource
-from tasks.pretrain.data import TokenWindows
+from tasks.training.batch import Batch, BatchSource
+from tasks.training.data import TokenWindows
 
 log = logging.getLogger(__name__)
 

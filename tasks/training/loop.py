@@ -2,7 +2,7 @@
 gradient clipping, metrics, and checkpoints that resume bit for bit on the CPU.
 
 The loop is the same for one process and for DeepSpeed data parallelism (see
-:mod:`tasks.pretrain.engine`): each rank takes its rows of the step's batch, which is a
+:mod:`tasks.training.engine`): each rank takes its rows of the step's batch, which is a
 pure function of the step, so resuming needs only the step number.
 """
 
@@ -24,8 +24,8 @@ from herd.model import ModelConfig
 from herd.stages.pretrain import PretrainConfig
 from herd.stages.training import TrainingConfig
 from tasks.model.llama4 import Llama4, Output, param_group
-from tasks.pretrain.batch import Batch, BatchSource
-from tasks.pretrain.engine import make_engine
+from tasks.training.batch import Batch, BatchSource
+from tasks.training.engine import make_engine
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
     device, dtype = device_and_dtype(config)
     model.to(device)
     if config.precision == "fp8":
-        from tasks.pretrain.fp8 import convert_to_fp8
+        from tasks.training.fp8 import convert_to_fp8
 
         convert_to_fp8(model)
     engine = make_engine(model, param_groups(model, config, mult), config, lambda step: lr_factor(step, config),

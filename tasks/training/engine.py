@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from herd.stages.training import TrainingConfig
 from tasks.model import parallelize
-from tasks.pretrain import checkpoint
+from tasks.training import checkpoint
 from tasks.runtime import storage
 
 log = logging.getLogger(__name__)
