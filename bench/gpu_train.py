@@ -49,7 +49,7 @@ def child(kind: str, preset: str, seq: int, batch: int, steps: int, device_name:
         model.init_weights()
         model.to(device)
         if kind == "fp8":
-            from tasks.training.fp8 import convert_to_fp8
+            from tasks.training.precision import convert_to_fp8
 
             convert_to_fp8(model)
         forward = lambda tokens: model(tokens).logits  # noqa: E731

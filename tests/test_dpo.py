@@ -12,7 +12,7 @@ import torch
 from herd.stages.dpo import DPOConfig
 from tasks.dpo.pairs import Pair, pairs_of
 from tasks.dpo.train import dpo_loss, pair_logprobs
-from tasks.training.loop import param_groups
+from tasks.training.optim import param_groups
 from tasks.rl.rollout import Group
 from test_rl import one_thread, real_problems, stage_tokenizer, tiny_model  # noqa: F401 - one_thread is a fixture
 

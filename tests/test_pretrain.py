@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import REPO, herd, output_of
 from herd.pipeline import load_config
 from tasks.training.data import TokenWindows
-from tasks.training.loop import lr_factor
+from tasks.training.optim import lr_factor
 
 TINY = ["--set", "pretrain.seq_len=64", "--set", "pretrain.batch_size=2", "--set", "pretrain.steps=12",
         "--set", "pretrain.checkpoint_every=4", "--set", "pretrain.log_every=2", "--set", "pretrain.warmup_steps=2"]
@@ -112,7 +112,7 @@ def test_aux_loss_free_balancing_moves_the_selection_bias_and_warns_on_export(to
 def test_mup_scales_hidden_and_output_learning_rates_and_inits_with_width():
     from herd.model import nano
     from tasks.model.llama4 import Llama4
-    from tasks.training.loop import param_groups, width_mult
+    from tasks.training.optim import param_groups, width_mult
 
     config = load_config("nano", {"pretrain.mup_base_dim": 128, "pretrain.lr": 0.01}).pretrain
     wide = nano().model_copy(update={"dim": 512, "vocab_size": 300})

@@ -4,7 +4,7 @@
 
 Behemoth's forward pass over the data is the expensive half of co-distillation; Meta
 amortised it over the students (LLAMA4_SPEC §2.3). This stage runs it once and writes the
-cache (:mod:`tasks.training.distill.teachers`) that both students' ``pretrain`` read. The cache
+cache (:mod:`tasks.codistill.cache`) that both students' ``pretrain`` read. The cache
 covers the windows the students' pretraining reads (``codistill.cache_windows=run``:
 their seq_len, batch size, steps and seed, which enter this stage's hash) or every
 window (``all``). With ``scheme=none`` (the baseline) or ``teacher_source=online`` no
@@ -20,19 +20,16 @@ import time
 from pathlib import Path
 
 from herd.stages.codistill import CodistillConfig
-from tasks.training.distill.teachers import CACHE_DIR, build_student_cache
+from tasks.codistill.cache import build_student_cache
 from tasks.model.artifacts import load_model
 from tasks.model.inputs import model_dir, tokenizer_dir
-from tasks.training.loop import device_and_dtype
+from tasks.training.distill.teachers import CACHE_DIR, needs_cache
+from tasks.training.precision import device_and_dtype
 
 log = logging.getLogger(__name__)
 
 # Written instead of a cache when the students need none; the students' pretrain reads it.
 NO_CACHE = "no_cache.json"
-
-
-def needs_cache(config: CodistillConfig) -> bool:
-    return config.scheme != "none" and config.teacher_source == "cache"
 
 
 def run(ctx) -> dict:

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from herd.stages.dpo import DPOConfig
 from tasks.dpo.pairs import Pair, build_pairs, read_pairs, write_pairs
 from tasks.model.llama4 import Llama4, Output
-from tasks.training import checkpoint
-from tasks.training.loop import device_and_dtype, lr_factor, param_groups
 from tasks.problems.item import Problem
 from tasks.rl.rollout import ChatRenderer
+from tasks.training import checkpoint
+from tasks.training.optim import lr_factor, param_groups
+from tasks.training.precision import device_and_dtype
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ import torch
 
 from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4, Output
-from tasks.training.loop import device_and_dtype, lr_factor, param_groups
 from tasks.rl.rollout import Group
+from tasks.training.optim import lr_factor, param_groups
+from tasks.training.precision import device_and_dtype
 
 
 def group_advantages(rewards_Gn: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,14 +39,14 @@ import torch
 
 from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4
-from tasks.training import checkpoint
-from tasks.training.loop import device_and_dtype
 from tasks.problems.item import SYSTEM_PROMPTS, Problem
 from tasks.rl.grpo import GRPOTrainer, group_advantages
 from tasks.rl.passk import PromptPool, pass_at_k
 from tasks.rl.queue import RolloutBatch, make_rollouts
 from tasks.rl.rollout import ChatRenderer, SamplingParams
 from tasks.runtime import storage
+from tasks.training import checkpoint
+from tasks.training.precision import device_and_dtype
 
 log = logging.getLogger(__name__)
 

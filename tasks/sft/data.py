@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.training.batch import Batch
 from tasks.problems.chat import render_with_answer
 from tasks.problems.item import Problem, system_prompt
+from tasks.training.batch import Batch
 
 PAD = "<|finetune_right_pad|>"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from herd.stages.sft import SFTConfig
 from tasks.model.artifacts import load_model, write_model
 from tasks.model.inputs import model_dir, problems_dir, tokenizer_dir
-from tasks.training.reports import log_training_reports
-from tasks.training.loop import width_mult
 from tasks.runtime import storage
 from tasks.sft.run import run_sft
+from tasks.training.optim import width_mult
+from tasks.training.reports import log_training_reports
 
 
 def run(ctx) -> dict:

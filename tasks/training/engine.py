@@ -296,8 +296,11 @@ def _shard_experts(model: torch.nn.Module, groups: list[dict], size: int, world_
     return split
 
 
+Engine = PlainEngine | DeepSpeedEngine
+
+
 def make_engine(model: torch.nn.Module, groups: list[dict], config: TrainingConfig,
-                schedule: Callable[[int], float], bf16: bool = False):
+                schedule: Callable[[int], float], bf16: bool = False) -> Engine:
     model.activation_checkpointing = config.activation_checkpointing
     if config.engine == "deepspeed":
         return DeepSpeedEngine(model, groups, config, schedule, bf16)

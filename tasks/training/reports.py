@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.training.loop import History
+from tasks.training.history import History
 from tasks.runtime.reports import log_csv
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 
 from herd.stages.codistill import CodistillConfig
-from tasks.training.distill.losses import TeacherTargets, codistill_loss
 from tasks.model.llama4 import Output
 from tasks.training.batch import Batch
+from tasks.training.distill.losses import TeacherTargets, codistill_loss
 
 QUANTILES = (0.1, 0.5, 0.9)
 
