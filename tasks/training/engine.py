@@ -53,8 +53,19 @@ class PlainEngine:
         return self.module(tokens)
 
     def backward_and_step(self, loss: torch.Tensor) -> float:
+        self.zero_grad()
+        self.backward(loss)
+        return self.step()
+
+    # A step over micro-batches (GRPO): zero_grad(), backward() on each, then step().
+    def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
+
+    def step(self) -> float:
+        """Clip the gradients, step AdamW and the schedule; the gradient norm before clipping."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
