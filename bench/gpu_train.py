@@ -6,7 +6,7 @@
 The baseline is herd's own bf16 step, measured in the same run; FP8 (torchao float8
 linears) and transformers' ``Llama4ForCausalLM`` (bf16, SDPA attention) print as ratios to
 it. Every measurement runs in a fresh process, in turn, after warm-up steps. MFU is
-against the device's dense bf16 peak (``tasks/pretrain/flops.py``), for FP8 too, so the
+against the device's dense bf16 peak (``tasks/training/flops.py``), for FP8 too, so the
 two are comparable. Run on a lent H100; the figures go to docs/measured.md.
 """
 
@@ -29,7 +29,7 @@ def child(kind: str, preset: str, seq: int, batch: int, steps: int, device_name:
     sys.path.insert(0, str(REPO))
     from herd.model import model_preset
     from tasks.model.info import model_info
-    from tasks.pretrain.flops import peak_flops, training_flops_per_token
+    from tasks.training.flops import peak_flops, training_flops_per_token
 
     device = torch.device(device_name)
     config = model_preset(preset).model_copy(update={"max_seq_len": seq})
@@ -49,7 +49,7 @@ def child(kind: str, preset: str, seq: int, batch: int, steps: int, device_name:
         model.init_weights()
         model.to(device)
         if kind == "fp8":
-            from tasks.pretrain.fp8 import convert_to_fp8
+            from tasks.training.precision import convert_to_fp8
 
             convert_to_fp8(model)
         forward = lambda tokens: model(tokens).logits  # noqa: E731

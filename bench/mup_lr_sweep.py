@@ -25,8 +25,9 @@ sys.path.insert(0, str(REPO))
 def final_loss(tokens: Path, width: int, lr: float, steps: int, base: int | None) -> float:
     from herd.model import nano
     from herd.pipeline import load_config
-    from tasks.pretrain.data import TokenWindows
-    from tasks.pretrain.train import new_model, train, width_mult
+    from tasks.training.data import TokenWindows
+    from tasks.training.loop import new_model, train
+    from tasks.training.optim import width_mult
 
     index = json.loads((tokens / "tokens" / "index.json").read_text())
     model_config = nano().model_copy(update={"dim": width, "vocab_size": index["vocab_size"]})

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     ds = model_sub.add_parser("deepspeed", help="DeepSpeed settings to pretrain a preset on H100 nodes, memory per GPU")
     ds.add_argument("preset")
-    ds.add_argument("--nodes", type=int, default=None, help="default: the preset's (see tasks/pretrain/deepspeed_presets.py)")
+    ds.add_argument("--nodes", type=int, default=None, help="default: the preset's (see tasks/training/deepspeed_presets.py)")
     ds.add_argument("--gpus-per-node", type=int, default=None)
     ds.add_argument("--expert-parallel", type=int, default=None, help="default: inside a node when that fits")
     ds.add_argument("--json", action="store_true")
@@ -214,7 +214,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     from tasks.model.info import format_info, model_info
 
     if args.model_command == "deepspeed":
-        from tasks.pretrain.deepspeed_presets import format_plan, plan
+        from tasks.training.deepspeed_presets import format_plan, plan
 
         try:
             found = plan(args.preset, args.nodes, args.gpus_per_node, args.expert_parallel)

@@ -15,14 +15,16 @@ import torch.nn.functional as F
 from herd.model import ModelConfig
 from herd.pipeline import load_config
 from herd.stages.codistill import CodistillConfig
-from tasks.codistill.cache import (CachedTeacherWindows, KeyedWindows, OnlineTeacherWindows, TeacherCache,
-                                   build_cache, build_student_cache, teacher_log_probs)
+from tasks.codistill.cache import build_cache, build_student_cache
 from tasks.codistill.compare import compare, heldout_loss, last_shard
-from tasks.codistill.losses import TeacherTargets, codistill_loss, scheduled_alpha, signals, soft_loss, soft_weights
-from tasks.codistill.objective import make_objective
 from tasks.model.llama4 import Llama4
-from tasks.pretrain.data import TokenWindows
-from tasks.pretrain.train import new_model, train
+from tasks.training.data import TokenWindows
+from tasks.training.distill.losses import (TeacherTargets, codistill_loss, scheduled_alpha, signals, soft_loss,
+                                           soft_weights)
+from tasks.training.distill.objective import make_objective
+from tasks.training.distill.teachers import (CachedTeacherWindows, KeyedWindows, OnlineTeacherWindows, TeacherCache,
+                                             teacher_log_probs)
+from tasks.training.loop import new_model, train
 
 V = 50
 

@@ -15,14 +15,14 @@ from herd.model import model_preset, nano, nano_maverick
 from herd.stages.pretrain import PretrainConfig
 from tasks.model.info import model_info
 from tasks.model.llama4 import Llama4, rope_frequencies
-from tasks.pretrain.deepspeed_presets import (
+from tasks.training.deepspeed_presets import (
     H100_BYTES,
     RECIPES,
     ZERO3_DEFAULTS,
     block_activation_bytes,
     plan,
 )
-from tasks.pretrain.engine import deepspeed_config
+from tasks.training.engine import deepspeed_config
 
 PRESETS = ["small", "scout", "maverick", "behemoth"]
 

@@ -12,7 +12,7 @@ import torch
 from herd.stages.dpo import DPOConfig
 from tasks.dpo.pairs import Pair, pairs_of
 from tasks.dpo.train import dpo_loss, pair_logprobs
-from tasks.pretrain.train import param_groups
+from tasks.training.optim import param_groups
 from tasks.rl.rollout import Group
 from conftest import tiny_model
 from test_rl import real_problems

@@ -24,7 +24,7 @@ class RandomTokens:
     def batch(self, step: int):
         from collections import Counter
 
-        from tasks.pretrain.batch import Batch
+        from tasks.training.batch import Batch
 
         generator = torch.Generator().manual_seed(step % 4)  # four batches, seen again and again: learnable
         return Batch(torch.randint(0, self.vocab, (self.batch, self.seq + 1), generator=generator), Counter())
@@ -36,7 +36,7 @@ def test_training_steps_lower_the_loss(precision, tmp_path):
         pytest.importorskip("torchao")
         if torch.cuda.get_device_capability() < (8, 9):
             pytest.skip("FP8 needs compute capability 8.9+ (Hopper)")
-    from tasks.pretrain.train import new_model, train
+    from tasks.training.loop import new_model, train
 
     config = load_config("nano", {"pretrain.precision": precision, "pretrain.steps": 30, "pretrain.seq_len": 256,
                                   "pretrain.batch_size": 8, "pretrain.checkpoint_every": 1000}).pretrain

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from conftest import REPO, herd, output_of
 from herd.pipeline import load_config
-from tasks.pretrain.data import TokenWindows
-from tasks.pretrain.train import lr_factor
+from tasks.training.data import TokenWindows
+from tasks.training.optim import lr_factor
 
 TINY = ["--set", "pretrain.seq_len=64", "--set", "pretrain.batch_size=2", "--set", "pretrain.steps=12",
         "--set", "pretrain.checkpoint_every=4", "--set", "pretrain.log_every=2", "--set", "pretrain.warmup_steps=2"]
@@ -93,7 +93,7 @@ def test_schedules():
 def test_aux_loss_free_balancing_moves_the_selection_bias_and_warns_on_export(tokens, tmp_path):
     from herd.model import nano
     from tasks.model import hf
-    from tasks.pretrain.train import new_model, train
+    from tasks.training.loop import new_model, train
 
     index = json.loads((Path(tokens) / "tokens" / "index.json").read_text())
     config = load_config("nano", {"pretrain.router_balance": "bias", "pretrain.steps": 3, "pretrain.seq_len": 32,
@@ -109,7 +109,7 @@ def test_aux_loss_free_balancing_moves_the_selection_bias_and_warns_on_export(to
 def test_mup_scales_hidden_and_output_learning_rates_and_inits_with_width():
     from herd.model import nano
     from tasks.model.llama4 import Llama4
-    from tasks.pretrain.train import param_groups, width_mult
+    from tasks.training.optim import param_groups, width_mult
 
     config = load_config("nano", {"pretrain.mup_base_dim": 128, "pretrain.lr": 0.01}).pretrain
     wide = nano().model_copy(update={"dim": 512, "vocab_size": 300})

@@ -212,7 +212,8 @@ class Interrupt(Exception):
 
 
 def test_rl_trains_a_tiny_llama4_on_real_problems_and_resumes_exactly(renderer, problems, tmp_path):
-    from tasks.rl.loop import hard_prompt_ids, run_rl
+    from tasks.rl.hard_prompts import hard_prompt_ids
+    from tasks.rl.loop import run_rl
 
     config = RLConfig(rounds=2, queue_depth=1, **RL)
     policy = tiny_model(len(renderer.tokenizer))

@@ -1,7 +1,7 @@
 """What every training stage shares: batch shape, optimiser, schedule, router balance, engine, checkpoints.
 
 ``pretrain`` and ``midtrain`` (and the post-training stages) subclass :class:`TrainingConfig`
-and set their own defaults; the training loop in ``tasks/pretrain/train.py`` reads only
+and set their own defaults; the training loop in ``tasks/training/loop.py`` reads only
 these fields.
 """
 

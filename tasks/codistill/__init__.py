@@ -1,2 +1,3 @@
-"""Co-distillation from the teacher: the loss (:mod:`.losses`), the training objective (:mod:`.objective`), teacher
-targets from a cache or online (:mod:`.cache`), and the with/without comparison (:mod:`.compare`)."""
+"""Stage ``codistill``: the teacher's top-k cached once for the students (:mod:`.stage`, :mod:`.cache`), and the
+with/without comparison (:mod:`.compare`). The loss, the objective and the teacher targets the students' training
+reads are in :mod:`tasks.training.distill`."""

@@ -39,11 +39,12 @@ from herd.model import ModelConfig, model_preset
 from herd.pipeline import load_config
 from herd.stages.codistill import CodistillConfig
 from herd.stages.pretrain import PretrainConfig
-from tasks.codistill.cache import CachedTeacherWindows, KeyedWindows, OnlineTeacherWindows, TeacherCache, build_cache
-from tasks.codistill.objective import WeightLog, make_objective
+from tasks.codistill.cache import build_cache
 from tasks.model.artifacts import load_model, model_files, tokenizer_files
 from tasks.model.llama4 import Llama4
-from tasks.pretrain.train import new_model, train
+from tasks.training.distill.objective import WeightLog, make_objective
+from tasks.training.distill.teachers import CachedTeacherWindows, KeyedWindows, OnlineTeacherWindows, TeacherCache
+from tasks.training.loop import new_model, train
 
 log = logging.getLogger(__name__)
 

@@ -20,20 +20,17 @@ import time
 from pathlib import Path
 
 from herd.stages.codistill import CodistillConfig
-from tasks.codistill.cache import CACHE_DIR, build_student_cache
+from tasks.codistill.cache import build_student_cache
 from tasks.model.artifacts import load_model
 from tasks.model.inputs import model_dir, tokenizer_dir
-from tasks.pretrain.train import device_and_dtype
 from tasks.runtime.context import StageContext
+from tasks.training.distill.teachers import CACHE_DIR, needs_cache
+from tasks.training.precision import device_and_dtype
 
 log = logging.getLogger(__name__)
 
 # Written instead of a cache when the students need none; the students' pretrain reads it.
 NO_CACHE = "no_cache.json"
-
-
-def needs_cache(config: CodistillConfig) -> bool:
-    return config.scheme != "none" and config.teacher_source == "cache"
 
 
 def run(ctx: StageContext[CodistillConfig]) -> dict:

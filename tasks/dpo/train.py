@@ -1,4 +1,4 @@
-"""DPO against a frozen reference: the loss, sequence log-probs, and the short training loop.
+"""DPO against a frozen reference: the loss, sequence log-probs, and the pairs as batches of the training loop.
 
     summary = run_dpo(policy, None, hard_problems, ChatRenderer.load(tokenizer_dir), DPOConfig(), on_metrics, workdir)
 
@@ -10,9 +10,10 @@ of pairs whose chosen completion has the larger implicit reward, the margin thei
 difference. With the policy equal to the reference the loss is log 2 and the margin 0.
 
 Pairs are sampled once and kept in ``pairs.json``; reference log-probs are computed once.
-Checkpoints every ``checkpoint_every`` steps (``tasks.pretrain.checkpoint``) resume the run.
-This is our own loop, not TRL's DPOTrainer: the model is ours, not a transformers model,
-and the loop is a few dozen lines.
+Training is the shared loop (:func:`tasks.training.loop.train`) with the DPO loss as its
+objective: its optimizer step, schedule, clipping, router balance, metrics and checkpoints
+(every ``checkpoint_every`` steps, which a rerun resumes from). Not TRL's DPOTrainer: the
+model is ours, not a transformers model.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,10 +31,11 @@ import torch.nn.functional as F
 from herd.stages.dpo import DPOConfig
 from tasks.dpo.pairs import Pair, build_pairs, read_pairs, write_pairs
 from tasks.model.llama4 import Llama4, Output
-from tasks.pretrain import checkpoint
-from tasks.pretrain.train import device_and_dtype, lr_factor, param_groups
 from tasks.problems.item import Problem
 from tasks.rl.rollout import ChatRenderer
+from tasks.training.batch import Batch
+from tasks.training.loop import train
+from tasks.training.precision import device_and_dtype
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +57,65 @@ def dpo_loss(policy_chosen_B: torch.Tensor, policy_rejected_B: torch.Tensor, ref
     }
 
 
-def sequence_logprobs(model: Llama4, prompts: Sequence[list[int]], completions: Sequence[list[int]],
-                      pad_id: int) -> tuple[torch.Tensor, Output]:
-    """Sum over each completion's tokens of log p(token | prompt, earlier tokens); rows right-padded."""
-    device = next(model.parameters()).device
+def completion_logprobs(logits_BL1V: torch.Tensor, targets_BL1: torch.Tensor, mask_BL1: torch.Tensor) -> torch.Tensor:
+    """Sum over each row's masked targets of log p(target | earlier tokens)."""
+    logp_BL1 = torch.log_softmax(logits_BL1V.float(), -1).gather(2, targets_BL1[..., None])[..., 0]
+    return (logp_BL1 * mask_BL1).sum(1)
+
+
+def pair_rows(pairs: Sequence[Pair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt + chosen rows, then prompt + rejected rows (2P, L), right-padded; which targets (2P, L-1) are completion
+    tokens."""
+    prompts = [p.prompt for p in pairs] * 2
+    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     width = max(len(p) + len(c) for p, c in zip(prompts, completions))
     tokens_BL = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask_BL1 = torch.zeros(len(prompts), width - 1, dtype=torch.bool)
     for row, (prompt, completion) in enumerate(zip(prompts, completions)):
         tokens_BL[row, : len(prompt) + len(completion)] = torch.tensor(prompt + completion)
         mask_BL1[row, len(prompt) - 1 : len(prompt) - 1 + len(completion)] = True
-    tokens_BL, mask_BL1 = tokens_BL.to(device), mask_BL1.to(device)
-    out = model(tokens_BL[:, :-1])
-    logp_BL1 = torch.log_softmax(out.logits.float(), -1).gather(2, tokens_BL[:, 1:, None])[..., 0]
-    return (logp_BL1 * mask_BL1).sum(1), out
+    return tokens_BL, mask_BL1
 
 
 def pair_logprobs(model: Llama4, pairs: Sequence[Pair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, Output]:
     """(chosen, rejected) sequence log-probs, both halves in one forward pass."""
-    prompts = [p.prompt for p in pairs] * 2
-    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    logp, out = sequence_logprobs(model, prompts, completions, pad_id)
+    device = next(model.parameters()).device
+    tokens_BL, mask_BL1 = (t.to(device) for t in pair_rows(pairs, pad_id))
+    out = model(tokens_BL[:, :-1])
+    logp = completion_logprobs(out.logits, tokens_BL[:, 1:], mask_BL1)
     return logp[: len(pairs)], logp[len(pairs):], out
+
+
+class PairBatches:
+    """The training loop's batches: step ``n`` draws ``batch_size`` pairs, seeded by ``(seed, n)``, as
+    :func:`pair_rows` with the completion mask and the reference's log-probs of those pairs in ``extra``."""
+
+    def __init__(self, pairs: Sequence[Pair], ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+                 config: DPOConfig, pad_id: int) -> None:
+        self.pairs, self.ref_chosen, self.ref_rejected = pairs, ref_chosen, ref_rejected
+        self.size, self.seed, self.pad_id = min(config.batch_size, len(pairs)), config.seed, pad_id
+
+    def batch(self, step: int) -> Batch:
+        ids = random.Random(f"dpo:{self.seed}:{step}").sample(range(len(self.pairs)), self.size)
+        tokens_BL, mask_BL1 = pair_rows([self.pairs[i] for i in ids], self.pad_id)
+        return Batch(tokens_BL, Counter(), extra={"mask": mask_BL1, "ref_chosen": self.ref_chosen[ids],
+                                                  "ref_rejected": self.ref_rejected[ids]})
+
+
+class DPOObjective:
+    """``objective(out_model, targets, batch, rows, step) -> (loss, metrics)`` for :func:`tasks.training.loop.train`:
+    the DPO loss of the batch's pairs (one process: ``rows`` is every row)."""
+
+    def __init__(self, beta: float) -> None:
+        self.beta = beta
+
+    def __call__(self, out_model: Output, targets: torch.Tensor, batch: Batch, rows: slice,
+                 step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        extra, device = batch.extra or {}, targets.device
+        logp = completion_logprobs(out_model.logits, targets, extra["mask"].to(device))
+        half = len(logp) // 2
+        return dpo_loss(logp[:half], logp[half:], extra["ref_chosen"].to(device), extra["ref_rejected"].to(device),
+                        self.beta)
 
 
 @torch.no_grad()
@@ -103,6 +143,8 @@ def run_dpo(policy: Llama4, reference: Llama4 | None, problems: Sequence[Problem
             config: DPOConfig, on_metrics: Callable[[int, dict], None], workdir: Path,
             remote: str | None = None) -> dict[str, float]:
     """Build (or reload) the pairs, then train ``policy`` in place for ``config.steps`` steps; returns a summary."""
+    if config.engine != "plain":
+        raise ValueError(f"dpo trains in one process (engine=plain), not engine={config.engine}")
     device, dtype = device_and_dtype(config)
     policy.to(device)
     reference = copy.deepcopy(policy) if reference is None else reference.to(device)
@@ -122,37 +164,11 @@ def run_dpo(policy: Llama4, reference: Llama4 | None, problems: Sequence[Problem
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     with autocast:
         ref_chosen, ref_rejected = _logprobs_of_all(reference, pairs, pad_id, config.batch_size)
-    optimizer = torch.optim.AdamW(param_groups(policy, config), lr=config.lr, betas=(config.beta1, config.beta2),
-                                  foreach=False)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    found = checkpoint.latest(workdir, remote)
-    start = checkpoint.restore(found, policy, optimizer, scheduler) if found is not None else 0
-    with autocast:
         before = evaluate_pairs(policy, ref_chosen, ref_rejected, pairs, config, pad_id)
-    policy.train()
-    for step in range(start, config.steps):
-        chosen_ids = random.Random(f"dpo:{config.seed}:{step}").sample(range(len(pairs)),
-                                                                         min(config.batch_size, len(pairs)))
-        with autocast:
-            chosen, rejected, out = pair_logprobs(policy, [pairs[i] for i in chosen_ids], pad_id)
-        loss, metrics = dpo_loss(chosen, rejected, ref_chosen[chosen_ids].to(device),
-                                 ref_rejected[chosen_ids].to(device), config.beta)
-        total = loss + config.aux_loss_coef * out.aux_loss if config.router_balance == "aux_loss" else loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        if config.router_balance == "bias":
-            moes = [block.moe for block in policy.layers if block.moe is not None]
-            for moe, stats in zip(moes, out.router):
-                moe.update_selection_bias(stats.tokens_per_expert, config.bias_update_rate)
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            on_metrics(done, {"loss": float(loss.detach()), **metrics, "grad_norm": grad_norm, "lr": lr})
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            checkpoint.save(workdir, done, policy, optimizer, scheduler, remote)
+    batches = PairBatches(pairs, ref_chosen, ref_rejected, config, pad_id)
+    train(policy.train(), config, batches, workdir, on_metrics, remote, label="dpo",
+          objective=DPOObjective(config.beta))
+    policy.to(device)  # the loop leaves the model on the CPU
     with autocast:
         after = evaluate_pairs(policy, ref_chosen, ref_rejected, pairs, config, pad_id)
     policy.to("cpu")

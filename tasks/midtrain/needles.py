@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.pretrain.batch import Batch
-from tasks.pretrain.data import TokenWindows
+from tasks.training.batch import Batch
+from tasks.training.data import TokenWindows
 
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"

@@ -22,12 +22,15 @@ from tasks.model.artifacts import load_model, write_model
 from tasks.model.inputs import model_dir, tokenizer_dir
 from tasks.model.info import model_info
 from tasks.model.llama4 import Llama4
-from tasks.pretrain.flops import peak_flops, training_flops_per_token
-from tasks.pretrain.reports import log_training_reports, training_summary
-from tasks.pretrain.train import Throughput, device_and_dtype, train, width_mult
 from tasks.runtime import storage
 from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
+from tasks.training.callbacks.throughput import Throughput
+from tasks.training.flops import peak_flops, training_flops_per_token
+from tasks.training.loop import train
+from tasks.training.optim import width_mult
+from tasks.training.precision import device_and_dtype
+from tasks.training.reports import log_training_reports, training_summary
 
 log = logging.getLogger(__name__)
 

@@ -32,22 +32,25 @@ from safetensors.torch import load_file
 from herd.model import model_preset
 from herd.stages.codistill import CodistillConfig
 from herd.stages.pretrain import PretrainConfig
-from tasks.codistill.cache import CachedTeacherWindows, OnlineTeacherWindows, TeacherCache, cache_files
-from tasks.codistill.objective import CodistillObjective, make_objective
-from tasks.codistill.stage import needs_cache
 from tasks.model.artifacts import WEIGHTS, load_model, model_files, write_model
 from tasks.model.inputs import model_dir, tokenizer_dir
 from tasks.model.info import model_info
-from tasks.pretrain.batch import BatchSource
-from tasks.pretrain.data import TokenWindows
-from tasks.pretrain.engine import world
-from tasks.pretrain.flops import peak_flops, training_flops_per_token
-from tasks.pretrain.reports import log_training_reports, training_summary
-from tasks.pretrain.train import Throughput, device_and_dtype, new_model, next_token_objective, train, width_mult
 from tasks.runtime import storage
 from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
 from tasks.runtime.step import InputError
+from tasks.training.batch import BatchSource
+from tasks.training.callbacks.throughput import Throughput
+from tasks.training.data import TokenWindows
+from tasks.training.distill.objective import CodistillObjective, make_objective
+from tasks.training.distill.teachers import (CachedTeacherWindows, OnlineTeacherWindows, TeacherCache, cache_files,
+                                            needs_cache)
+from tasks.training.engine import world
+from tasks.training.flops import peak_flops, training_flops_per_token
+from tasks.training.loop import new_model, next_token_objective, train
+from tasks.training.optim import width_mult
+from tasks.training.precision import device_and_dtype
+from tasks.training.reports import log_training_reports, training_summary
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,16 @@
-"""GRPO: group-normalised advantages, the clipped surrogate with an optional k3 KL, and the optimizer step.
+"""GRPO: group-normalised advantages, the clipped surrogate with an optional k3 KL, and the update on a round.
 
     advantages_Gn, signal_G = group_advantages(rewards_Gn)
-    trainer = GRPOTrainer(policy, reference, config)
-    metrics = trainer.update(groups)        # config.updates_per_round AdamW steps on these groups
+    trainer = GRPOTrainer(policy, reference, config, pad_id)
+    metrics = trainer.update(groups)        # config.updates_per_round engine steps on these groups
 
 Loss (DeepSeekMath; LLAMA4_SPEC §4), token-level normalised as in DAPO and TRL's default:
 ``-(1/sum|o_i|) sum_i sum_t [min(rho A_i, clip(rho, 1-eps_low, 1+eps_high) A_i) - beta KL_t]``,
 ``rho = pi_theta / pi_behaviour`` per token, ``KL_t = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1``.
 The behaviour log-probs are those recorded at sampling, so a rollout sampled by an older
-policy version (the asynchronous queue) is corrected by the same ratio.
+policy version (the asynchronous queue) is corrected by the same ratio. The optimizer step,
+schedule, clipping, router balance and checkpoints are the training engine's
+(:mod:`tasks.training.engine`, :mod:`tasks.training.router`); only the loss is GRPO's.
 
 Shape legend: G groups, n completions per group, R rows (completions), L row length.
 """
@@ -22,8 +24,11 @@ import torch
 
 from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4, Output
-from tasks.pretrain.train import device_and_dtype, lr_factor, param_groups
 from tasks.rl.rollout import Group
+from tasks.training.engine import PlainEngine
+from tasks.training.optim import lr_factor, param_groups
+from tasks.training.precision import device_and_dtype
+from tasks.training.router import balanced_loss, expert_counts, update_selection_bias
 
 
 def group_advantages(rewards_Gn: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,15 +110,15 @@ def token_logprobs(model: Llama4, tokens_RL: torch.Tensor, temperature: float) -
 
 
 class GRPOTrainer:
-    """The policy's optimizer and schedule, and the update on one round's groups."""
+    """The policy's engine (AdamW, schedule, clipping, checkpoints), and the update on one round's groups."""
 
     def __init__(self, policy: Llama4, reference: Llama4 | None, config: RLConfig, pad_id: int) -> None:
+        if config.engine != "plain":
+            raise ValueError(f"rl trains in one process (engine=plain), not engine={config.engine}")
         self.policy, self.reference, self.config, self.pad_id = policy, reference, config, pad_id
         self.device, self.dtype = device_and_dtype(config)
         schedule = config.model_copy(update={"steps": config.optimizer_steps})
-        self.optimizer = torch.optim.AdamW(param_groups(policy, config), lr=config.lr,
-                                           betas=(config.beta1, config.beta2), foreach=False)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, schedule))
+        self.engine = PlainEngine(policy, param_groups(policy, config), config, lambda step: lr_factor(step, schedule))
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -136,10 +141,10 @@ class GRPOTrainer:
         num_tokens = int(rows.mask_RL1.sum())
         reference = self._reference_logprobs(rows)
         self.policy.train()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.engine.param_groups[0]["lr"]
         totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "tokens": 0.0, "grad_norm": 0.0}
         for _ in range(config.updates_per_round):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.engine.zero_grad()
             counts = None
             for b, part in enumerate(self._micro_batches(len(rows))):
                 batch = rows.slice(part)
@@ -149,21 +154,16 @@ class GRPOTrainer:
                     logp, batch.old_logp_RL1.to(self.device), batch.advantages_R.to(self.device),
                     batch.mask_RL1.to(self.device), config.clip_epsilon, config.epsilon_high,
                     None if reference is None else reference[b], config.kl_coef, num_tokens)
-                if config.router_balance == "aux_loss":
-                    loss = loss + config.aux_loss_coef * out.aux_loss * len(batch) / len(rows)
-                loss.backward()
+                loss = balanced_loss(loss, out.aux_loss, config, len(batch), len(rows))
+                self.engine.backward(loss)
                 totals["loss"] += float(loss.detach())
                 for key in ("clipped", "kl", "tokens"):
                     totals[key] += sums[key]
-                layer_counts = [s.tokens_per_expert for s in out.router]
+                layer_counts = expert_counts(out)
                 counts = layer_counts if counts is None else [a + c for a, c in zip(counts, layer_counts)]
-            totals["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), config.grad_clip))
-            self.optimizer.step()
-            self.scheduler.step()
+            totals["grad_norm"] += self.engine.step()
             if config.router_balance == "bias" and counts:
-                moes = [block.moe for block in self.policy.layers if block.moe is not None]
-                for moe, layer_count in zip(moes, counts):
-                    moe.update_selection_bias(layer_count, config.bias_update_rate)
+                update_selection_bias(self.policy, counts, config.bias_update_rate)
         updates = config.updates_per_round
         metrics = {
             "loss": totals["loss"] / updates,

@@ -15,9 +15,9 @@ selects (zero-advantage groups never), publish the new weights, log, checkpoint.
 reference; its KL is reported every round and enters the loss with ``kl_coef`` > 0.
 
 At the end, ``pool.json`` lists the prompts left in the pool, hardest first
-(:func:`hard_prompt_ids`: the DPO stage's prompt set).
+(:mod:`tasks.rl.hard_prompts`: the DPO stage's prompt set).
 
-Resuming restores weights, AdamW moments and the schedule (``tasks.pretrain.checkpoint``),
+Resuming restores weights, AdamW moments and the schedule (the engine's checkpoint, :mod:`tasks.training.checkpoint`),
 and the round, the rollouts spent and the pool from ``rl-state/round-N.json``, written
 before the checkpoint so a checkpoint never lacks it. Rounds in flight at the interruption
 are sampled again with the restored weights: with ``queue_depth=1`` a resumed run repeats
@@ -39,19 +39,18 @@ import torch
 
 from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4
-from tasks.pretrain import checkpoint
-from tasks.pretrain.train import device_and_dtype
 from tasks.problems.item import SYSTEM_PROMPTS, Problem
 from tasks.rl.grpo import GRPOTrainer, group_advantages
+from tasks.rl.hard_prompts import write_pool
 from tasks.rl.passk import PromptPool, pass_at_k
 from tasks.rl.queue import RolloutBatch, make_rollouts
 from tasks.rl.rollout import ChatRenderer, SamplingParams
 from tasks.runtime import storage
+from tasks.training.precision import device_and_dtype
 
 log = logging.getLogger(__name__)
 
 STATE = "rl-state"
-POOL = "pool.json"
 
 
 def _state_name(round_: int) -> str:
@@ -78,20 +77,6 @@ def load_state(workdir: Path, round_: int, remote: str | None) -> dict:
     if remote:
         return json.loads(storage.read_text(storage.join(remote, STATE, _state_name(round_))))
     raise FileNotFoundError(f"checkpoint of round {round_} has no {local}")
-
-
-def write_pool(workdir: Path, pool: PromptPool) -> Path:
-    """``pool.json``: the prompts left in the pool (medium-to-hard for the final policy), the solved ones, stats."""
-    path = workdir / POOL
-    state = pool.state_dict()
-    active = sorted(state["active"], key=lambda i: state["stats"].get(i, {}).get("pass@1", 0.0))
-    path.write_text(json.dumps({"active": active, "solved": state["solved"], "stats": state["stats"]}, indent=1))
-    return path
-
-
-def hard_prompt_ids(rl_output: Path) -> list[str]:
-    """The ids an RL run left in its pool, hardest first: DPO's small hard prompt set."""
-    return json.loads((Path(rl_output) / POOL).read_text())["active"]
 
 
 def fitting(problems: Sequence[Problem], renderer: ChatRenderer, room: int) -> tuple[list[Problem], int]:
@@ -133,10 +118,9 @@ def run_rl(policy: Llama4, reference: Llama4 | None, problems: Sequence[Problem]
     pool = PromptPool(problems, config)
     trainer = GRPOTrainer(policy, reference, config, pad_id=renderer.eot_id)
     totals = Counter()
-    start, version = 0, 0
-    found = checkpoint.latest(workdir, remote)
-    if found is not None:
-        start = checkpoint.restore(found, policy, trainer.optimizer, trainer.scheduler)
+    version = 0
+    start = trainer.engine.resume(workdir, remote)
+    if start:
         state = load_state(workdir, start, remote)
         pool.load_state_dict(state["pool"])
         totals.update(state["totals"])
@@ -173,7 +157,7 @@ def run_rl(policy: Llama4, reference: Llama4 | None, problems: Sequence[Problem]
             if done % config.checkpoint_every == 0 or last_round:
                 save_state(workdir, done, {"pool": pool.state_dict(), "totals": dict(totals), "version": version},
                            remote)
-                checkpoint.save(workdir, done, policy, trainer.optimizer, trainer.scheduler, remote)
+                trainer.engine.save(workdir, done, remote)
             if done % config.log_every == 0 or last_round:
                 on_metrics(done, metrics)
             last = metrics

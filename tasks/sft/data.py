@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.pretrain.batch import Batch
 from tasks.problems.chat import render_with_answer
 from tasks.problems.item import Problem, system_prompt
+from tasks.training.batch import Batch
 
 PAD = "<|finetune_right_pad|>"
 
@@ -93,7 +93,7 @@ def pack(examples: list[Example], seq_len: int, pad: int) -> tuple[torch.Tensor,
 
 
 class PackedRows:
-    """A :class:`~tasks.pretrain.batch.BatchSource` over packed SFT rows."""
+    """A :class:`~tasks.training.batch.BatchSource` over packed SFT rows."""
 
     def __init__(self, examples: list[Example], seq_len: int, batch_size: int, seed: int, pad: int) -> None:
         if not examples:

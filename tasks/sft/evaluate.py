@@ -20,12 +20,13 @@ from pathlib import Path
 
 from herd.stages.sft import SFTConfig
 from tasks.model.llama4 import Llama4
-from tasks.pretrain.train import History, train
 from tasks.runtime import storage
 from tasks.sft.data import Example, PackedRows, pad_id
 from tasks.sft.judge import answer_losses, prune, sample_rewards
 from tasks.sft.report import bucket_of
 from tasks.sft.sampling import placed
+from tasks.training.history import History
+from tasks.training.loop import train
 
 ARMS = ("pruned", "unpruned")
 

@@ -30,8 +30,6 @@ from pathlib import Path
 
 from herd.stages.sft import SFTConfig
 from tasks.model.llama4 import Llama4
-from tasks.pretrain.reports import training_summary
-from tasks.pretrain.train import History
 from tasks.problems.chat import load_tokenizer
 from tasks.problems.item import read_jsonl
 from tasks.runtime import storage
@@ -40,6 +38,8 @@ from tasks.sft.data import Example, render_examples
 from tasks.sft.evaluate import arm_row, evaluate, hard_set, train_arm
 from tasks.sft.judge import difficulty, prune
 from tasks.sft.report import hint_agreement, logged_examples, pruning_plot, pruning_rows
+from tasks.training.history import History
+from tasks.training.reports import training_summary
 
 log = logging.getLogger(__name__)
 

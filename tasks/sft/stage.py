@@ -16,11 +16,11 @@ from pathlib import Path
 from herd.stages.sft import SFTConfig
 from tasks.model.artifacts import load_model, write_model
 from tasks.model.inputs import model_dir, problems_dir, tokenizer_dir
-from tasks.pretrain.reports import log_training_reports
-from tasks.pretrain.train import width_mult
 from tasks.runtime import storage
 from tasks.runtime.context import StageContext
 from tasks.sft.run import run_sft
+from tasks.training.optim import width_mult
+from tasks.training.reports import log_training_reports
 
 
 def run(ctx: StageContext[SFTConfig]) -> dict:

@@ -1,13 +1,24 @@
-"""The FP8 path for Hopper GPUs: torchao's float8 training on the model's large linear layers.
+"""How a training run computes: the device and autocast dtype, and the FP8 path for Hopper GPUs.
 
-Scaled FP8 matmuls (dynamic per-tensor scales) replace bf16 ones in attention and dense
-FFNs; the router, the output head and the stacked expert weights stay in bf16 (the
-router's small logits are precision-sensitive, the experts run as grouped matmuls).
+FP8 is torchao's float8 training on the model's large linear layers: scaled FP8 matmuls
+(dynamic per-tensor scales) replace bf16 ones in attention and dense FFNs; the router,
+the output head and the stacked expert weights stay in bf16 (the router's small logits
+are precision-sensitive, the experts run as grouped matmuls).
 """
 
 from __future__ import annotations
 
 import torch
+
+from herd.stages.training import TrainingConfig
+
+
+def device_and_dtype(config: TrainingConfig) -> tuple[torch.device, torch.dtype]:
+    """bf16 autocast on a GPU, fp32 on the CPU, unless the config says otherwise."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.precision in {"fp8", "bf16"} or (config.precision == "auto" and device.type == "cuda"):
+        return device, torch.bfloat16
+    return device, torch.float32
 
 
 def convert_to_fp8(model: torch.nn.Module) -> torch.nn.Module:

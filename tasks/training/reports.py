@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.pretrain.train import History
+from tasks.training.history import History
 from tasks.runtime.reports import log_csv
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.pretrain.batch import Batch
+from tasks.training.batch import Batch
 
 
 class TokenWindows:

@@ -6,9 +6,9 @@
     log_csv(ctx, "soft_weight.csv", objective.weight_log.rows())
 
 ``batches`` carries the teacher's targets in ``Batch.extra``: a
-:class:`~tasks.codistill.cache.CachedTeacherWindows` (the cache) or an
-:class:`~tasks.codistill.cache.OnlineTeacherWindows` (a teacher forward each step). The
-loss is :func:`tasks.codistill.losses.codistill_loss`; scheme ``none`` is the plain
+:class:`~tasks.training.distill.teachers.CachedTeacherWindows` (the cache) or an
+:class:`~tasks.training.distill.teachers.OnlineTeacherWindows` (a teacher forward each step). The
+loss is :func:`tasks.training.distill.losses.codistill_loss`; scheme ``none`` is the plain
 next-token loss, with the same metrics, for a baseline.
 """
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 
 from herd.stages.codistill import CodistillConfig
-from tasks.codistill.losses import TeacherTargets, codistill_loss
 from tasks.model.llama4 import Output
-from tasks.pretrain.batch import Batch
+from tasks.training.batch import Batch
+from tasks.training.distill.losses import TeacherTargets, codistill_loss
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -90,7 +90,7 @@ class WeightLog:
 
 
 class CodistillObjective:
-    """``objective(out_model, targets, batch, rows, step) -> (loss, metrics)`` for :func:`tasks.pretrain.train.train`."""
+    """``objective(out_model, targets, batch, rows, step) -> (loss, metrics)`` for :func:`tasks.training.loop.train`."""
 
     def __init__(self, config: CodistillConfig, total_steps: int, weight_log: WeightLog | None = None) -> None:
         self.config, self.total_steps = config, total_steps

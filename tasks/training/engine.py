@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from herd.stages.training import TrainingConfig
 from tasks.model import parallelize
-from tasks.pretrain import checkpoint
+from tasks.training import checkpoint
 from tasks.runtime import storage
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,19 @@ class PlainEngine:
         return self.module(tokens)
 
     def backward_and_step(self, loss: torch.Tensor) -> float:
+        self.zero_grad()
+        self.backward(loss)
+        return self.step()
+
+    # A step over micro-batches (GRPO): zero_grad(), backward() on each, then step().
+    def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
+
+    def step(self) -> float:
+        """Clip the gradients, step AdamW and the schedule; the gradient norm before clipping."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -296,8 +307,11 @@ def _shard_experts(model: torch.nn.Module, groups: list[dict], size: int, world_
     return split
 
 
+Engine = PlainEngine | DeepSpeedEngine
+
+
 def make_engine(model: torch.nn.Module, groups: list[dict], config: TrainingConfig,
-                schedule: Callable[[int], float], bf16: bool = False):
+                schedule: Callable[[int], float], bf16: bool = False) -> Engine:
     model.activation_checkpointing = config.activation_checkpointing
     if config.engine == "deepspeed":
         return DeepSpeedEngine(model, groups, config, schedule, bf16)

@@ -5,7 +5,7 @@
     herd model deepspeed small --nodes 1 --gpus-per-node 1
 
 A plan is the herd training settings (``pretrain.*``: pass them with ``--set``) and the
-DeepSpeed config herd's engine builds from them (:func:`tasks.pretrain.engine.deepspeed_config`,
+DeepSpeed config herd's engine builds from them (:func:`tasks.training.engine.deepspeed_config`,
 unchanged: what the plan shows is what DeepSpeed gets), with an estimate of one GPU's memory.
 
 What every plan uses, and why:
@@ -58,7 +58,7 @@ import torch
 from herd.model import ModelConfig, model_preset
 from herd.stages.pretrain import PretrainConfig
 from tasks.model.llama4 import Experts, Llama4
-from tasks.pretrain.engine import deepspeed_config
+from tasks.training.engine import deepspeed_config
 
 H100_BYTES = 80 * 10**9
 GIB = 2**30

@@ -6,7 +6,7 @@ X the support a KL runs over (V online, K from the cache).
     loss_t = (1 - w_t) * CE(student_t, label_t) + w_t * T^2 * KL(teacher_T,t || student_T,t)
 
 **Teacher targets.** Online, the teacher's logits cover the vocabulary and the KL is the
-full one. From the cache (:mod:`tasks.codistill.cache`) there are the teacher's k most
+full one. From the cache (:mod:`tasks.training.distill.teachers`) there are the teacher's k most
 likely ids and their log-probabilities at T = 1. Both distributions are then restricted
 to those k ids and renormalised: ``q = softmax_K(logp_T / T)``, ``s = softmax_K(z_S[ids] / T)``.
 Tempering the stored T = 1 log-probs and renormalising over K is exact (a softmax over a

@@ -1,0 +1,23 @@
+"""What a training run leaves behind for its reports: the loss per step, the tokens per language, the expert load,
+throughput and MFU."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class History:
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    load_sum: list[list[float]] | None = None  # summed per-layer expert shares, averaged at the end
+    load_count: int = 0
+    tokens_by_language: Counter = field(default_factory=Counter)
+    tokens_per_second: list[float] = field(default_factory=list)
+    mfu: list[float] = field(default_factory=list)
+
+    def record(self, step: int, loss: float, languages: Counter) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+        self.tokens_by_language.update(languages)

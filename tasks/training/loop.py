@@ -1,0 +1,119 @@
+"""The training loop every model stage uses: an objective plus router balance, stepped by an engine, with the
+concerns around it (metrics, throughput, expert load, router bias, checkpoints, progress) as callbacks.
+
+The loop is the same for one process and for DeepSpeed data parallelism (see
+:mod:`tasks.training.engine`): each rank takes its rows of the step's batch, which is a
+pure function of the step, so resuming needs only the step number. Checkpoints resume bit
+for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from herd.model import ModelConfig
+from herd.stages.pretrain import PretrainConfig
+from herd.stages.training import TrainingConfig
+from tasks.model.llama4 import Llama4, Output
+from tasks.training.batch import Batch, BatchSource
+from tasks.training.callbacks.callback import Callback, Step, Trainer
+from tasks.training.callbacks.checkpointing import Checkpointer
+from tasks.training.callbacks.expert_load import ExpertLoad
+from tasks.training.callbacks.metrics import MetricsLog
+from tasks.training.callbacks.progress import Progress
+from tasks.training.callbacks.router_bias import RouterBias
+from tasks.training.callbacks.throughput import Throughput, ThroughputMonitor
+from tasks.training.engine import make_engine
+from tasks.training.history import History
+from tasks.training.optim import lr_factor, param_groups, width_mult
+from tasks.training.precision import convert_to_fp8, device_and_dtype
+from tasks.training.router import balanced_loss, expert_counts
+
+log = logging.getLogger(__name__)
+
+# The objective: (out_model, targets, batch, rows, step) -> (loss, metrics); see train().
+Objective = Callable[[Output, torch.Tensor, Batch, slice, int], tuple[torch.Tensor, dict[str, float]]]
+
+
+def new_model(model_config: ModelConfig, config: PretrainConfig) -> Llama4:
+    """A freshly initialised model, the same for a given seed (so a resumed run starts from the same one)."""
+    torch.manual_seed(config.seed)
+    model = Llama4(model_config)
+    model.init_weights(std=config.init_std, generator=torch.Generator().manual_seed(config.seed),
+                       width_mult=width_mult(model_config, config))
+    return model
+
+
+def next_token_objective(out_model: Output, targets: torch.Tensor, batch: Batch, rows: slice,
+                         step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The default objective: next-token cross-entropy, weighted per target when the batch says so."""
+    weights = None if batch.weights is None else batch.weights[rows].to(targets.device)
+    return _lm_loss(out_model.logits, targets, weights), {}
+
+
+def callbacks(config: TrainingConfig, on_metrics: Callable[[int, dict], None], throughput: Throughput, out: Path,
+              remote: str | None) -> list[Callback]:
+    """The concerns of every run in hook order: the bias first (a checkpoint holds it), measures before the log."""
+    bias = [RouterBias()] if config.router_balance == "bias" else []
+    return [*bias, ExpertLoad(), ThroughputMonitor(throughput), MetricsLog(on_metrics), Checkpointer(out, remote),
+            Progress()]
+
+
+def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path,
+          on_metrics: Callable[[int, dict], None], remote: str | None = None,
+          throughput: Throughput = Throughput(), mult: float = 1.0, label: str = "pretrain",
+          objective: Objective = next_token_objective) -> History:
+    """Train ``model`` in place for ``config.steps`` steps, resuming from the newest checkpoint under ``out``.
+
+    ``objective(out_model, targets, batch, rows, step) -> (loss, metrics)`` is the model loss
+    before router balance: next-token cross-entropy by default, co-distillation or a
+    post-training loss otherwise. ``rows`` selects this rank's rows of ``batch``.
+    """
+    device, dtype = device_and_dtype(config)
+    model.to(device)
+    if config.precision == "fp8":
+        convert_to_fp8(model)
+    engine = make_engine(model, param_groups(model, config, mult), config, lambda step: lr_factor(step, config),
+                         bf16=False)
+    start = engine.resume(out, remote)
+    if start:
+        log.info("%s: resuming at step %d", label, start)
+    trainer = Trainer(engine, config, History(), label, start)
+    hooks = callbacks(config, on_metrics, throughput, out, remote)
+    for hook in hooks:
+        hook.pre_train(trainer)
+    for step in range(start, config.steps):
+        batch = batches.batch(step)
+        rows = slice(engine.rank, None, engine.world_size)
+        tokens = batch.tokens[rows].to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out_model = engine(tokens[:, :-1])
+        lm_loss, extra_metrics = objective(out_model, tokens[:, 1:], batch, rows, step)
+        grad_norm = engine.backward_and_step(balanced_loss(lm_loss, out_model.aux_loss, config))
+        done, loss = step + 1, lm_loss.item()
+        trainer.history.record(step, loss, batch.languages)
+        logs = done % config.log_every == 0 or done == config.steps
+        metrics = {"loss": loss, "aux_loss": out_model.aux_loss.item(), "grad_norm": grad_norm,
+                   **{f"lr/{group['name']}": group["lr"] for group in engine.param_groups},
+                   **extra_metrics} if logs else None
+        finished = Step(done, batch, loss, grad_norm, expert_counts(out_model, engine.world_size), metrics)
+        for hook in hooks:
+            hook.post_step(trainer, finished)
+    for hook in hooks:
+        hook.post_train(trainer)
+    engine.finish()  # every weight back in ``model`` (gathered from ZeRO-3 shards and expert ranks)
+    model.to("cpu")
+    return trainer.history
+
+
+def _lm_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    per_token = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    if weights is None:
+        return per_token.mean()
+    weights = weights.flatten().to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum()
