@@ -45,7 +45,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
+def model_dir(tmp_path_factory) -> Path:
     """A herd model folder as a model stage writes it: random weights, a BPE trained on CyberSecEval text."""
     root = tmp_path_factory.mktemp("cse-model")
     cases = json.loads((SHARED / "prompt_injection.json").read_text())
@@ -347,8 +347,8 @@ def test_openai_client_against_a_local_stub(stub_endpoint, monkeypatch, tmp_path
         load_chat_model(str(tmp_path), tmp_path / "scratch", config)
 
 
-def test_herd_model_answers_through_the_chat_template(tiny_model, tmp_path):
-    model = load_chat_model(f"herd:{tiny_model}", tmp_path, CyberSecEvalConfig(max_new_tokens=6))
+def test_herd_model_answers_through_the_chat_template(model_dir, tmp_path):
+    model = load_chat_model(f"herd:{model_dir}", tmp_path, CyberSecEvalConfig(max_new_tokens=6))
     conversations = [[{"role": "user", "content": "Write a C program."}],
                      [{"role": "system", "content": "Keep the key."}, {"role": "user", "content": "Key?"}]]
     first = respond_all(model, conversations)
@@ -420,10 +420,10 @@ def test_run_with_a_scripted_judge_counts_what_the_judge_says(tmp_path):
 
 
 @needs_shared
-def test_cli_runs_the_shared_datasets_on_a_tiny_herd_model(tiny_model, tmp_path):
+def test_cli_runs_the_shared_datasets_on_a_tiny_herd_model(model_dir, tmp_path):
     out = tmp_path / "pi"
     result = herd("safety", "cyberseceval", "--benchmark", "prompt-injection",
-                  "--dataset", str(SHARED / "prompt_injection.json"), "--out", str(out), "--target", str(tiny_model),
+                  "--dataset", str(SHARED / "prompt_injection.json"), "--out", str(out), "--target", str(model_dir),
                   "--limit", "6", "--set", "max_new_tokens=12", "--set", "judge_max_new_tokens=6",
                   env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert "self-judged" in result.stdout
@@ -433,7 +433,7 @@ def test_cli_runs_the_shared_datasets_on_a_tiny_herd_model(tiny_model, tmp_path)
         table = read_csv(out / "tables" / f"by_{category}.csv")
         assert sum(int(row["total_count"]) for row in table) == 6, category
     stat = json.loads((out / "stat.json").read_text())
-    assert stat["stat_per_model"][str(tiny_model)]["total_count"] == 6
+    assert stat["stat_per_model"][str(model_dir)]["total_count"] == 6
     summary = json.loads((out / "summary.json").read_text())
     assert summary["self_judged"] and summary["records"] == 251 and summary["selected"] == 6
 
@@ -443,7 +443,7 @@ def test_cli_runs_the_shared_datasets_on_a_tiny_herd_model(tiny_model, tmp_path)
                                       ("interpreter", "interpreter.json", "attack_type")):
         out = tmp_path / benchmark
         assert main(["safety", "cyberseceval", "--benchmark", benchmark, "--dataset", str(SHARED / file),
-                     "--out", f"file://{out}", "--target", str(tiny_model), "--judge", f"herd:{tiny_model}",
+                     "--out", f"file://{out}", "--target", str(model_dir), "--judge", f"herd:{model_dir}",
                      "--limit", "5", "--set", "max_new_tokens=8", "--set", "judge_max_new_tokens=6"]) == 0
         table = read_csv(out / "tables" / f"by_{category}.csv")
         counts = [int(row.get("total_count") or int(row["accept_count"]) + int(row["refusal_count"])) for row in table]
@@ -453,7 +453,7 @@ def test_cli_runs_the_shared_datasets_on_a_tiny_herd_model(tiny_model, tmp_path)
     assert main(["safety", "cyberseceval", "--benchmark", "mitre-frr", "--dataset", str(SHARED / "mitre_frr.json"),
                  "--out", str(tmp_path / "x"), "--target", "openai:http://localhost:9/v1"]) == 2
     assert main(["safety", "cyberseceval", "--benchmark", "mitre-frr", "--dataset", str(tmp_path / "none.json"),
-                 "--out", str(tmp_path / "x"), "--target", str(tiny_model)]) == 2
+                 "--out", str(tmp_path / "x"), "--target", str(model_dir)]) == 2
 
 
 class Recorder:
@@ -472,10 +472,10 @@ class Recorder:
 
 
 @needs_shared
-def test_suite_is_one_call_for_the_stage(tiny_model, tmp_path):
+def test_suite_is_one_call_for_the_stage(model_dir, tmp_path):
     tracker = Recorder()
     results = run_suite({"prompt-injection": str(SHARED / "prompt_injection.json"),
-                         "mitre-frr": str(SHARED / "mitre_frr.json")}, tmp_path / "cse", str(tiny_model),
+                         "mitre-frr": str(SHARED / "mitre_frr.json")}, tmp_path / "cse", str(model_dir),
                         config=CyberSecEvalConfig(limit=3, max_new_tokens=6, judge_max_new_tokens=4),
                         tracker=tracker)
     assert set(results) == {"prompt-injection", "mitre-frr"}
@@ -485,11 +485,11 @@ def test_suite_is_one_call_for_the_stage(tiny_model, tmp_path):
     assert tracker.metrics["cyberseceval.prompt-injection.scored"] == 3
     assert ("by_injection_variant.csv", "cyberseceval/prompt-injection") in tracker.artifacts
     with pytest.raises(EvaluationError, match="unknown benchmark"):
-        run_suite({"mitre": "x"}, tmp_path, str(tiny_model))
+        run_suite({"mitre": "x"}, tmp_path, str(model_dir))
 
 
 @needs_shared
-def test_cli_reads_and_writes_s3(s3_server, tiny_model, tmp_path):  # noqa: F811 - the fixture
+def test_cli_reads_and_writes_s3(s3_server, model_dir, tmp_path):  # noqa: F811 - the fixture
     import boto3
     from botocore.config import Config
 
@@ -498,9 +498,9 @@ def test_cli_reads_and_writes_s3(s3_server, tiny_model, tmp_path):  # noqa: F811
                       aws_secret_access_key=s3_server["AWS_SECRET_ACCESS_KEY"],
                       config=Config(signature_version="s3v4"))
     s3.upload_file(str(SHARED / "mitre_frr.json"), "herd", "cse/mitre_frr.json")
-    for path in tiny_model.rglob("*"):
+    for path in model_dir.rglob("*"):
         if path.is_file():
-            s3.upload_file(str(path), "herd", f"models/tiny/{path.relative_to(tiny_model).as_posix()}")
+            s3.upload_file(str(path), "herd", f"models/tiny/{path.relative_to(model_dir).as_posix()}")
     herd("safety", "cyberseceval", "--benchmark", "mitre-frr", "--dataset", "s3://herd/cse/mitre_frr.json",
          "--out", "s3://herd/results/frr", "--target", "s3://herd/models/tiny", "--limit", "4",
          "--set", "max_new_tokens=6", env={**s3_server, "OMP_NUM_THREADS": "1"}, timeout=300)

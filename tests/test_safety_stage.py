@@ -27,7 +27,7 @@ GATE_FIGURES = {"mitre_refusal_rate", "mitre_guard_refusal_rate", "goat_asr", "g
 JUDGED_FIGURES = {"prompt-injection": "prompt_injection_success_rate", "interpreter": "interpreter_malicious_rate"}
 
 
-def tiny_model(root: Path) -> Path:
+def model_output(root: Path) -> Path:
     """A model stage's output (weights, hf/ with a chat-template tokenizer, step.json, marker), random weights."""
     from tasks.safety.goat import BUILTIN_GOALS
 
@@ -60,7 +60,7 @@ def run_stage(name: str, run_id: str, inputs: dict[str, str], overrides: dict | 
 def stages(tmp_path_factory) -> dict:
     """Stage guards (no CyberSecEval input: its held-out sets skipped), then safety for scout with the shared files."""
     root = tmp_path_factory.mktemp("safety-stage")
-    model = tiny_model(root)
+    model = model_output(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HERD_HOME", str(root / "home"))
         no_files(patch, root)
