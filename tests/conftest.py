@@ -149,7 +149,8 @@ def tiny_model(vocab_size: int, seed: int = 0, **shape) -> Llama4:
     return model
 
 
-def tiny_model_dir(texts: list[str], tokenizer: Path, out: Path, eos: str | None = None, **tokenizer_config) -> Path:
+def tiny_model_dir(texts: list[str], tokenizer: Path, out: Path, eos: str | None = None,
+                   **tokenizer_config) -> Path:
     """A model folder as a model stage writes it (weights, ``hf/``): a BPE of 512 tokens trained on ``texts``
     (saved in ``tokenizer``) and a :func:`tiny_model` of seed 0 that ends its text with ``eos``."""
     from herd.stages.tokenizer import TokenizerConfig
