@@ -25,11 +25,7 @@ LOADERS = {
 # Known imports across stages that other moves of issue 16 remove; each is checked to still exist, so the list only
 # shrinks: delete an entry once its import is gone.
 ALLOWED = {
-    # One generation module, tasks/model/generate.py, for sft, rl, dpo and safety.
-    ("tasks.sft.sampling", "tasks.rl.sampling"),
-    ("tasks.sft.sampling", "tasks.pretrain.train"),  # device_and_dtype, re-exported there until then
     ("tasks.sft.judge", "tasks.rl.passk"),  # pass@k of the judge's samples
-    ("tasks.safety.chat", "tasks.sft.sampling"),
     ("tasks.dpo.pairs", "tasks.rl.rollout"),
     ("tasks.dpo.stage", "tasks.rl.rollout"),
     ("tasks.dpo.train", "tasks.rl.rollout"),

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from conftest import tiny_model
 from herd.stages.problems import ProblemsConfig
 from herd.stages.rl import RLConfig
+from tasks.model.generate import KVCache, nucleus, sample
 from tasks.problems.item import Problem, make_problem
 from tasks.rl.grpo import clipped_surrogate, group_advantages
 from tasks.rl.passk import PromptPool, pass_at_k
-from tasks.rl.sampling import KVCache, cached_logits, nucleus, sample
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,11 +178,12 @@ def test_cached_logits_and_sampled_logprobs_match_the_models_forward():
     with torch.no_grad():
         full = model(tokens).logits
         cache = KVCache(model, 3, 40)
-        parts = [cached_logits(model, tokens[:, :11], cache, 0)]
-        parts += [cached_logits(model, tokens[:, t : t + 1], cache, t) for t in range(11, 30)]
+        parts = [model(tokens[:, :11], cache).logits]
+        parts += [model(tokens[:, t : t + 1], cache).logits for t in range(11, 30)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
 
-    out = sample(model, tokens[:2, :6], 24, 1.0, 1.0, stop_id=5, generator=torch.Generator().manual_seed(1))
+    out = sample(model, tokens[:2, :6], 24, stop_id=5, temperature=1.0, top_p=1.0,
+                 generator=torch.Generator().manual_seed(1))
     assert out.prompt_length == 6 and out.tokens.shape[1] == 6 + out.mask.shape[1]
     with torch.no_grad():
         logp = torch.log_softmax(model(out.tokens[:, :-1]).logits, -1)[:, 5:].gather(2, out.tokens[:, 6:, None])[..., 0]

@@ -16,12 +16,12 @@ from pydantic import ValidationError
 from conftest import tiny_model
 from herd.stages.problems import ProblemsConfig
 from herd.stages.sft import SFTConfig
+from tasks.model.generate import generate
 from tasks.problems.item import CAPABILITIES, read_jsonl
 from tasks.sft.data import PAD, Example, PackedRows, pack, pad_id, render_examples
 from tasks.sft.evaluate import hard_set, train_arm
 from tasks.sft.judge import answer_losses, difficulty, drop_count, prune
 from tasks.sft.report import logged_examples, pruning_plot, pruning_rows
-from tasks.sft.sampling import generate
 
 PROBLEMS = ProblemsConfig(count_arithmetic=60, count_strings=60, count_code=10, count_translate=30,
                           count_language_id=40, count_continue=40, heldout_fraction=0.3)

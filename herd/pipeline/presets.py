@@ -23,7 +23,8 @@ def nano() -> PipelineConfig:
         preset="nano",
         problems=ProblemsConfig(count_arithmetic=300, count_strings=300, count_code=60, count_translate=150,
                                 count_language_id=200, count_continue=200),
-        sft=SFTConfig(steps=40, eval_max_items=16, max_new_tokens=24),
+        # The pruned-against-unpruned comparison is herd ablate's, over seeds; the demo trains the pruned arm only.
+        sft=SFTConfig(steps=40, eval_max_items=16, max_new_tokens=24, compare_unpruned=False),
         rl=RLConfig(rounds=6, pool_size=8, group_size=4, prompts_per_round=4, max_new_tokens=24),
         dpo=DPOConfig(steps=20, prompts=8, samples_per_prompt=4, max_new_tokens=24),
         guards=GuardsConfig(examples=4000),

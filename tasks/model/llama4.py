@@ -2,18 +2,24 @@
 
 Shape legend: B batch, S sequence, D model width, H query heads, K key/value heads,
 Dh head width, C attention chunk, N chunks, T tokens (B*S), E experts, F expert width,
-A token-to-expert assignments (T*top_k).
+A token-to-expert assignments (T*top_k), L positions held in a key/value cache.
 
 What differs from ``transformers.Llama4ForCausalLM`` is only how the same function is
 computed: experts run on the tokens routed to them (sorted dispatch), never on all
 tokens; RoPE layers attend within chunks by reshaping, instead of masking a full S*S
 score matrix. ``tests/test_model.py`` checks the logits against transformers.
+
+``model(tokens, cache)`` runs only the positions after those a
+:class:`~tasks.model.generate.KVCache` holds, attending to the cached keys through an
+explicit causal (and, on RoPE layers, in-chunk) mask; ``tests/test_generate.py`` checks it
+against the full forward.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +27,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from herd.model import ModelConfig
+
+if TYPE_CHECKING:
+    from tasks.model.generate import KVCache
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -72,6 +81,7 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.config = config
+        self.layer = layer
         self.use_rope = not config.is_nope(layer)
         self.qk_norm = config.use_qk_norm and self.use_rope
         self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
@@ -79,9 +89,11 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
 
-    def forward(self, x_BSD: torch.Tensor, freqs_SDh2: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, freqs_SDh2: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """``x_BSD`` at positions 0..S-1, or with ``cache`` at the S positions after the ``cache.length`` it holds."""
         config = self.config
         B, S, _ = x_BSD.shape
+        start = 0 if cache is None else cache.length
         q_BSHDh = self.wq(x_BSD).view(B, S, config.n_heads, config.head_dim)
         k_BSKDh = self.wk(x_BSD).view(B, S, config.n_kv_heads, config.head_dim)
         v_BSKDh = self.wv(x_BSD).view(B, S, config.n_kv_heads, config.head_dim)
@@ -90,10 +102,19 @@ class Attention(nn.Module):
             if self.qk_norm:  # weightless, after RoPE
                 q_BSHDh, k_BSKDh = rms_norm(q_BSHDh, config.norm_eps), rms_norm(k_BSKDh, config.norm_eps)
         elif config.temperature_tuning:
-            q_BSHDh = q_BSHDh * temperature_scale(S, config, x_BSD.device)[None, :, None, None].to(q_BSHDh.dtype)
+            if cache is None:
+                scale_S = temperature_scale(S, config, x_BSD.device)
+            else:
+                scale_S = cache.temperature_L[start : start + S]
+            q_BSHDh = q_BSHDh * scale_S[None, :, None, None].to(q_BSHDh.dtype)
         q, k, v = (t.transpose(1, 2) for t in (q_BSHDh, k_BSKDh, v_BSKDh))
-        if self.use_rope and S > config.chunk_size:
-            out_BHSDh = chunked_causal_attention(q, k, v, config.chunk_size)
+        chunk = config.chunk_size if self.use_rope else None
+        if cache is not None:  # the new positions see the held ones through a mask, chunks included
+            k_BKLDh, v_BKLDh = cache.write(self.layer, k, v)
+            mask_SL = visible(start, S, chunk, q.device)
+            out_BHSDh = F.scaled_dot_product_attention(q, k_BKLDh, v_BKLDh, attn_mask=mask_SL, enable_gqa=True)
+        elif chunk is not None and S > chunk:
+            out_BHSDh = chunked_causal_attention(q, k, v, chunk)
         else:
             out_BHSDh = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         return self.wo(out_BHSDh.transpose(1, 2).reshape(B, S, -1))
@@ -103,6 +124,16 @@ def temperature_scale(seq_len: int, config: ModelConfig, device=None) -> torch.T
     """``1 + attn_scale * log(floor((pos + 1) / floor_scale) + 1)``: exactly 1 below ``floor_scale``."""
     positions = torch.arange(seq_len, device=device, dtype=torch.float)
     return torch.log1p(torch.floor((positions + 1.0) / config.floor_scale)) * config.attn_scale + 1.0
+
+
+def visible(start: int, new: int, chunk: int | None, device=None) -> torch.Tensor:
+    """(S, start + S) True where query position ``start + i`` sees key ``j``: causal, and in its chunk if ``chunk``."""
+    query_S1 = torch.arange(start, start + new, device=device)[:, None]
+    key_1L = torch.arange(start + new, device=device)[None, :]
+    seen = key_1L <= query_S1
+    if chunk is not None:
+        seen &= key_1L // chunk == query_S1 // chunk
+    return seen
 
 
 def chunked_causal_attention(q_BHSDh, k_BKSDh, v_BKSDh, chunk: int) -> torch.Tensor:
@@ -242,8 +273,9 @@ class Block(nn.Module):
         self.moe = MoE(config) if self.is_moe else None
         self.feed_forward = None if self.is_moe else FeedForward(config.dim, config.dense_ffn_dim)
 
-    def forward(self, x_BSD: torch.Tensor, freqs_SDh2: torch.Tensor) -> tuple[torch.Tensor, RouterStats | None]:
-        h_BSD = x_BSD + self.attention(self.attention_norm(x_BSD), freqs_SDh2)
+    def forward(self, x_BSD: torch.Tensor, freqs_SDh2: torch.Tensor,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, RouterStats | None]:
+        h_BSD = x_BSD + self.attention(self.attention_norm(x_BSD), freqs_SDh2, cache)
         normed = self.ffn_norm(h_BSD)
         if self.moe is not None:
             out_BSD, stats = self.moe(normed)
@@ -293,8 +325,13 @@ class Llama4(nn.Module):
         # bias moves after backward, so the recompute routes exactly as the forward did.
         self.activation_checkpointing = False
 
-    def forward(self, tokens_BS: torch.Tensor) -> Output:
-        freqs = rope_frequencies(self.config, tokens_BS.shape[1], tokens_BS.device)
+    def forward(self, tokens_BS: torch.Tensor, cache: KVCache | None = None) -> Output:
+        """Logits of every position; with ``cache``, of the positions after those it holds, which it then holds too."""
+        S = tokens_BS.shape[1]
+        if cache is None:
+            freqs = rope_frequencies(self.config, S, tokens_BS.device)
+        else:
+            freqs = cache.freqs_LDh2[cache.length : cache.length + S]
         h = self.tok_embeddings(tokens_BS)
         stats = []
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
@@ -302,9 +339,11 @@ class Llama4(nn.Module):
             if recompute:
                 h, layer_stats = checkpoint(block, h, freqs, use_reentrant=False)
             else:
-                h, layer_stats = block(h, freqs)
+                h, layer_stats = block(h, freqs, cache)
             if layer_stats is not None:
                 stats.append(layer_stats)
+        if cache is not None:
+            cache.length += S
         return Output(self.output(self.norm(h)), stats)
 
     @torch.no_grad()

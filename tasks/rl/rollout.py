@@ -13,18 +13,17 @@ checkers expect (they cut at ``<|eot|>`` themselves).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from tasks.model.generate import by_length, sample
 from tasks.problems.chat import load_tokenizer, render_prompt
 from tasks.problems.checkers import score_all
 from tasks.problems.item import Problem
 from tasks.rl.passk import pass_at_k
-from tasks.rl.sampling import sample
 from tasks.tokenizer.special_tokens import EOT
 
 
@@ -103,30 +102,24 @@ def generate_groups(model, renderer: ChatRenderer, problems: dict[str, Problem],
     device = next(model.parameters()).device
     room = params.seq_len - params.max_new_tokens
     prompts = {i: renderer.prompt_ids(problems[pid], system) for i, (pid, system) in enumerate(requests)}
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, ids in prompts.items():
-        if len(ids) <= room:
-            by_length[len(ids)].append(i)
+    fitting = [i for i, ids in prompts.items() if len(ids) <= room]
     per_batch = max(1, params.sample_rows // params.n)
     sampled: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = {}
     was_training = model.training
     model.eval()
-    batch = 0
     with torch.autocast(device.type, dtype=params.autocast, enabled=params.autocast != torch.float32):
-        for length in sorted(by_length):
-            members = by_length[length]
-            for start in range(0, len(members), per_batch):
-                chunk = members[start : start + per_batch]
-                prompt_BP = torch.tensor([prompts[i] for i in chunk for _ in range(params.n)], device=device)
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + batch)
-                out = sample(model, prompt_BP, params.max_new_tokens, params.temperature, params.top_p,
-                             renderer.eot_id, generator)
-                for j, i in enumerate(chunk):
-                    rows = slice(j * params.n, (j + 1) * params.n)
-                    width = int(out.mask[rows].sum(1).max())
-                    sampled[i] = (out.tokens[rows, : length + width], out.logprobs[rows, :width],
-                                  out.mask[rows, :width], length)
-                batch += 1
+        for batch, members in enumerate(by_length([prompts[i] for i in fitting], per_batch)):
+            chunk = [fitting[m] for m in members]
+            prompt_BP = torch.tensor([prompts[i] for i in chunk for _ in range(params.n)], device=device)
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + batch)
+            out = sample(model, prompt_BP, params.max_new_tokens, renderer.eot_id, params.temperature, params.top_p,
+                         generator)
+            length = out.prompt_length
+            for j, i in enumerate(chunk):
+                rows = slice(j * params.n, (j + 1) * params.n)
+                width = int(out.mask[rows].sum(1).max())
+                sampled[i] = (out.tokens[rows, : length + width], out.logprobs[rows, :width],
+                              out.mask[rows, :width], length)
     model.train(was_training)
     order = sorted(sampled)
     row_problems, texts = [], []

@@ -10,7 +10,7 @@ A model spec is either
 - a herd model folder, as a path, ``file://`` or ``s3://`` URI (``herd:`` in front is allowed): the
   output of a model stage (``model.safetensors``, ``model_config.json`` and the tokenizer that
   :func:`tasks.model.artifacts.write_model` puts in ``hf/``); it answers through the tokenizer
-  stage's chat template and the key/value-cached sampler that SFT and RL use; or
+  stage's chat template and the key/value-cached sampler of :mod:`tasks.model.generate`; or
 - ``openai:BASE_URL#MODEL``: any OpenAI-compatible server (vLLM, TGI, llama.cpp, a hosted API),
   ``POST BASE_URL/chat/completions`` with ``{"model": MODEL, ...}``. ``BASE_URL`` is written as the
   OpenAI client takes it, usually ending in ``/v1``. An API key, if the server wants one, is read
@@ -125,7 +125,8 @@ class HerdChatModel:
 
     def chat_batch(self, conversations: list[list[Message]]) -> list[str]:
         from herd.stages.training import TrainingConfig
-        from tasks.sft.sampling import generate, placed
+        from tasks.model.generate import generate
+        from tasks.training.precision import placed
 
         prompts = [list(self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                                            return_dict=True)["input_ids"])

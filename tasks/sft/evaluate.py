@@ -24,9 +24,9 @@ from tasks.runtime import storage
 from tasks.sft.data import Example, PackedRows, pad_id
 from tasks.sft.judge import answer_losses, prune, sample_rewards
 from tasks.sft.report import bucket_of
-from tasks.sft.sampling import placed
 from tasks.training.history import History
 from tasks.training.loop import train
+from tasks.training.precision import placed
 
 ARMS = ("pruned", "unpruned")
 

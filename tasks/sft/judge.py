@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from herd.stages.sft import SFTConfig
+from tasks.model.generate import generate
 from tasks.model.llama4 import Llama4
 from tasks.problems.checkers import score_all
 from tasks.rl.passk import pass_at_k
 from tasks.sft.data import Example
-from tasks.sft.sampling import generate, placed
+from tasks.training.precision import placed
 
 T = TypeVar("T")
 
