@@ -13,7 +13,7 @@ from herd.stages.dpo import DPOConfig
 from tasks.dpo.pairs import Pair, pairs_of
 from tasks.dpo.train import dpo_loss, pair_logprobs
 from tasks.training.optim import param_groups
-from tasks.rl.rollout import Group
+from tasks.rollout.groups import Group
 from conftest import tiny_model
 from test_rl import real_problems
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def renderer(tokenizer_dir):
-    from tasks.rl.rollout import ChatRenderer
+    from tasks.rollout.groups import ChatRenderer
 
     return ChatRenderer.load(tokenizer_dir)
 

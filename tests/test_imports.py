@@ -22,14 +22,6 @@ LOADERS = {
     "tasks.rl.hard_prompts",  # the prompts an RL run leaves: DPO's prompt set
     "tasks.guards.loader",  # the trained guards, for the safety stage and ``herd safety goat``
 }
-# Known imports across stages that other moves of issue 16 remove; each is checked to still exist, so the list only
-# shrinks: delete an entry once its import is gone.
-ALLOWED = {
-    ("tasks.sft.judge", "tasks.rl.passk"),  # pass@k of the judge's samples
-    ("tasks.dpo.pairs", "tasks.rl.rollout"),
-    ("tasks.dpo.stage", "tasks.rl.rollout"),
-    ("tasks.dpo.train", "tasks.rl.rollout"),
-}
 
 
 def module_name(path: Path) -> str:
@@ -108,20 +100,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_allowed_imports_still_exist():
-    gone = sorted(ALLOWED - edges())
-    assert not gone, f"these imports are gone: delete them from ALLOWED: {gone}"
-
 
 def test_no_import_cycle_between_the_packages_of_tasks():
     graph: dict[str, set[str]] = defaultdict(set)
-    for importer, target in edges() - ALLOWED:
+    for importer, target in edges():
         graph[top(importer)].add(top(target))
     assert cycles(graph) == []
 
 
 def test_no_stage_imports_another_stage_but_its_loaders():
-    crossing = sorted((importer, target) for importer, target in edges() - ALLOWED
+    crossing = sorted((importer, target) for importer, target in edges()
                       if top(importer) in STAGES and top(target) in STAGES and target not in LOADERS)
     assert crossing == []
 

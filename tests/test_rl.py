@@ -20,7 +20,8 @@ from herd.stages.rl import RLConfig
 from tasks.model.generate import KVCache, nucleus, sample
 from tasks.problems.item import Problem, make_problem
 from tasks.rl.grpo import clipped_surrogate, group_advantages
-from tasks.rl.passk import PromptPool, pass_at_k
+from tasks.rl.passk import PromptPool
+from tasks.rollout.passk import pass_at_k
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,7 +38,7 @@ def real_problems(udhr_subset: Path) -> list[Problem]:
 
 @pytest.fixture(scope="module")
 def renderer(tokenizer_dir):
-    from tasks.rl.rollout import ChatRenderer
+    from tasks.rollout.groups import ChatRenderer
 
     return ChatRenderer.load(tokenizer_dir)
 
@@ -277,7 +278,7 @@ def test_rollouts_older_than_max_lag_are_dropped_not_trained():
 
     from tasks.rl.loop import _consume
     from tasks.rl.queue import RolloutBatch
-    from tasks.rl.rollout import Group
+    from tasks.rollout.groups import Group
 
     problems, _ = _fake_problems()
     config = RLConfig(max_lag=1)

@@ -21,7 +21,7 @@ import torch
 
 from herd.stages.dpo import DPOConfig
 from tasks.problems.item import Problem, system_prompt
-from tasks.rl.rollout import ChatRenderer, Group, SamplingParams, generate_groups
+from tasks.rollout.groups import ChatRenderer, Group, SamplingParams, generate_groups
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from tasks.model.artifacts import load_model, model_files, write_model
 from tasks.model.inputs import problems_dir, tokenizer_dir
 from tasks.problems.item import read_jsonl
 from tasks.rl.hard_prompts import POOL, hard_prompt_ids
-from tasks.rl.rollout import ChatRenderer
+from tasks.rollout.groups import ChatRenderer
 from tasks.runtime import storage
 from tasks.runtime.context import StageContext
 

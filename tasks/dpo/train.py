@@ -32,7 +32,7 @@ from herd.stages.dpo import DPOConfig
 from tasks.dpo.pairs import Pair, build_pairs, read_pairs, write_pairs
 from tasks.model.llama4 import Llama4, Output
 from tasks.problems.item import Problem
-from tasks.rl.rollout import ChatRenderer
+from tasks.rollout.groups import ChatRenderer
 from tasks.training.batch import Batch
 from tasks.training.loop import train
 from tasks.training.precision import device_and_dtype

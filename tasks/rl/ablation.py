@@ -28,7 +28,7 @@ from herd.stages.rl import RLConfig
 from tasks.model.artifacts import load_model
 from tasks.problems.item import read_jsonl
 from tasks.rl.loop import run_rl
-from tasks.rl.rollout import ChatRenderer, SamplingParams, evaluate
+from tasks.rollout.groups import ChatRenderer, SamplingParams, evaluate
 from tasks.training.precision import device_and_dtype
 
 ARMS = ("passk", "uniform")

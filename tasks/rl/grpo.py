@@ -24,7 +24,7 @@ import torch
 
 from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4, Output
-from tasks.rl.rollout import Group
+from tasks.rollout.groups import Group
 from tasks.training.engine import PlainEngine
 from tasks.training.optim import lr_factor, param_groups
 from tasks.training.precision import device_and_dtype

@@ -42,9 +42,10 @@ from tasks.model.llama4 import Llama4
 from tasks.problems.item import SYSTEM_PROMPTS, Problem
 from tasks.rl.grpo import GRPOTrainer, group_advantages
 from tasks.rl.hard_prompts import write_pool
-from tasks.rl.passk import PromptPool, pass_at_k
+from tasks.rl.passk import PromptPool
 from tasks.rl.queue import RolloutBatch, make_rollouts
-from tasks.rl.rollout import ChatRenderer, SamplingParams
+from tasks.rollout.groups import ChatRenderer, SamplingParams
+from tasks.rollout.passk import pass_at_k
 from tasks.runtime import storage
 from tasks.training.precision import device_and_dtype
 

@@ -1,6 +1,5 @@
-"""pass@k and the prompt pool of the RL curriculum.
+"""The prompt pool of the RL curriculum, scored by pass@k (:func:`tasks.rollout.passk.pass_at_k`).
 
-    pass_at_k(n=8, c=2, k=4)            # unbiased, from n samples of which c passed
     pool = PromptPool(problems, config)
     wanted = pool.request(round)        # [(problem id, system prompt)]: what to sample this round
     counts = pool.update(scored)        # re-score: drop solved prompts, retire stuck ones, refill
@@ -22,24 +21,15 @@ problems uniformly, drops nothing and trains on every group.
 
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
 from typing import Callable, Sequence, TypeVar
 
 from herd.stages.rl import RLConfig
 from tasks.problems.item import Problem, system_prompt
+from tasks.rollout.passk import pass_at_k
 
 T = TypeVar("T")
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """1 - C(n-c, k) / C(n, k) (Chen et al. 2021), as a product that neither overflows nor cancels."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
 def stratified(items: Sequence[T], capability: Callable[[T], str], count: int, rng: random.Random) -> list[T]:

@@ -45,7 +45,7 @@ from herd.model import ModelConfig
 from herd.stages.rl import RLConfig
 from tasks.model.llama4 import Llama4
 from tasks.problems.item import Problem, read_jsonl, write_jsonl
-from tasks.rl.rollout import ChatRenderer, Group, SamplingParams, generate_groups
+from tasks.rollout.groups import ChatRenderer, Group, SamplingParams, generate_groups
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from tasks.model.artifacts import load_model, write_model
 from tasks.model.inputs import model_dir, problems_dir, tokenizer_dir
 from tasks.problems.item import read_jsonl
 from tasks.rl.loop import run_rl
-from tasks.rl.rollout import ChatRenderer
+from tasks.rollout.groups import ChatRenderer
 from tasks.runtime import storage
 from tasks.runtime.context import StageContext
 

@@ -27,7 +27,7 @@ from herd.stages.sft import SFTConfig
 from tasks.model.generate import generate
 from tasks.model.llama4 import Llama4
 from tasks.problems.checkers import score_all
-from tasks.rl.passk import pass_at_k
+from tasks.rollout.passk import pass_at_k
 from tasks.sft.data import Example
 from tasks.training.precision import placed
 

@@ -23,7 +23,7 @@ from tasks.model.generate import by_length, sample
 from tasks.problems.chat import load_tokenizer, render_prompt
 from tasks.problems.checkers import score_all
 from tasks.problems.item import Problem
-from tasks.rl.passk import pass_at_k
+from tasks.rollout.passk import pass_at_k
 from tasks.tokenizer.special_tokens import EOT
 
 
