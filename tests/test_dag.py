@@ -115,6 +115,8 @@ def _validated(dag, conf: dict) -> dict:
     ({"overrides": {"datamix.min_chars": "many"}}, "many"),
     ({"overrides": {"datamix.unicode_form": "NFD"}}, "NFD"),
     ({"overrides": {"gate.champion_tolerance": "loose"}}, "loose"),
+    ({"overrides": {"safety.goat.turnz": 2}}, "turnz"),  # a nested section's fields are named one by one
+    ({"overrides": {"safety.goat.turns": 0}}, "minimum"),
     ({"gate_override": {"variants": ["scout"], "reason": ""}}, "minLength"),
     ({"gate_override": {"variants": ["llama"], "reason": "because the figures are fine"}}, "llama"),
 ])
@@ -130,7 +132,8 @@ def test_bad_params_are_refused_at_trigger(conf, fragment):
 def test_good_params_pass():
     dag = _load_dag()
     values = _validated(dag, {"preset": "small", "languages": ["eng", "fra"], "stages": ["tokenizer"],
-                              "overrides": {"datamix.min_chars": 60, "tokenizer.vocab_size": 4096},
+                              "overrides": {"datamix.min_chars": 60, "tokenizer.vocab_size": 4096,
+                                            "safety.goat.turns": 2, "safety.cyberseceval.limit": 5},
                               "corpus": "s3://bucket/raw/",
                               "gate_override": {"variants": ["scout"], "reason": "FRR regression accepted, ticket 42"}})
     assert values["preset"] == "small" and values["overrides"]["datamix.min_chars"] == 60

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from herd.config import ConfigError, apply_overrides, deep_merge, explain_validation_error
+from herd.config import ConfigError, StageConfig, apply_overrides, deep_merge, explain_validation_error
 from herd.pipeline.config import PipelineConfig
 from herd.pipeline.graph import STAGES
 from herd.pipeline.presets import PRESETS
@@ -57,11 +57,19 @@ def override_schema() -> dict[str, Any]:
     properties: dict[str, Any] = {}
     sections = {spec.config_section: spec.config_type for spec in STAGES} | {"models": ModelsConfig}
     for section, config_type in sections.items():
-        schema = config_type.model_json_schema()
-        for name, field_schema in schema.get("properties", {}).items():
-            if "$ref" in json.dumps(field_schema):
-                field_schema = {}
-            properties[f"{section}.{name}"] = {
-                k: v for k, v in field_schema.items() if k not in {"title", "default"}
-            }
+        properties.update(_field_schemas(config_type, f"{section}."))
     return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+def _field_schemas(config_type: type[StageConfig], prefix: str) -> dict[str, Any]:
+    """Each field's schema under its dotted name; a nested section (``safety.goat``) both whole and field by field."""
+    properties: dict[str, Any] = {}
+    schema = config_type.model_json_schema()
+    for name, info in config_type.model_fields.items():
+        field_schema = schema.get("properties", {}).get(name, {})
+        if "$ref" in json.dumps(field_schema):
+            field_schema = {}  # a nested model: pydantic still checks it when the config is loaded
+        properties[f"{prefix}{name}"] = {k: v for k, v in field_schema.items() if k not in {"title", "default"}}
+        if isinstance(info.annotation, type) and issubclass(info.annotation, StageConfig):
+            properties.update(_field_schemas(info.annotation, f"{prefix}{name}."))
+    return properties
