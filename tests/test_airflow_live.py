@@ -195,19 +195,22 @@ def test_ui_trigger_form_starts_a_run_with_the_parameters_typed_in(browser, airf
 
 
 def _type_into(field, text: str) -> None:
-    """Types ``text`` as a user would, and again if the field did not get it: on two busy cores the React form
-    has dropped a keystroke (a run that typed ``subset.jsonl`` submitted ``subet.jsonl``)."""
+    """Types ``text`` key by key as a user would, waiting for each key to show: on two busy cores the React form
+    re-renders from its state between keys and has dropped one (a run that typed ``subset.jsonl`` submitted
+    ``subet.jsonl``, three times over when typed whole)."""
     from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    for _ in range(3):
-        if field.get_attribute("value"):
-            field.send_keys(Keys.CONTROL + "a", Keys.BACKSPACE)
-        field.send_keys(text)
-        try:
-            WebDriverWait(field.parent, 5).until(lambda _: field.get_attribute("value") == text)
-            return
-        except TimeoutException:
-            continue
-    raise AssertionError(f"the field holds {field.get_attribute('value')!r} after typing {text!r} three times")
+    typed = field.get_attribute("value") or ""
+    for key in text:
+        for _ in range(3):
+            field.send_keys(key)
+            try:
+                WebDriverWait(field.parent, 5).until(lambda _: field.get_attribute("value") == typed + key)
+                break
+            except TimeoutException:
+                if field.get_attribute("value") != typed:
+                    raise AssertionError(f"typing {key!r} after {typed!r} left {field.get_attribute('value')!r}")
+        else:
+            raise AssertionError(f"the field took no {key!r} after {typed!r} in three tries")
+        typed += key
