@@ -34,7 +34,7 @@ NO_CACHE = "no_cache.json"
 
 
 def run(ctx: StageContext[CodistillConfig]) -> dict:
-    config: CodistillConfig = ctx.config
+    config = ctx.config
     if not needs_cache(config):
         reason = "scheme none: students train on the labels only" if config.scheme == "none" else \
             "teacher_source online: students run the teacher forward themselves"

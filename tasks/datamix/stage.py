@@ -157,7 +157,7 @@ def _peak_rss_mb() -> float:
 
 
 def run(ctx: StageContext[DatamixConfig]) -> dict:
-    config: DatamixConfig = ctx.config
+    config = ctx.config
     clock = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="herd-datamix-") as tmp:
         scratch = Path(tmp)

@@ -24,7 +24,7 @@ from tasks.runtime.context import StageContext
 
 
 def run(ctx: StageContext[DPOConfig]) -> dict:
-    config: DPOConfig = ctx.config
+    config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-dpo-") as tmp:
         scratch = Path(tmp)
         tokens = tokenizer_dir(ctx.inputs["tokens"], scratch)

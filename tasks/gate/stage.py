@@ -44,7 +44,7 @@ def read_steps(inputs: dict[str, str]) -> dict[str, dict]:
 
 
 def run(ctx: StageContext[GateConfig]) -> dict:
-    config: GateConfig = ctx.config
+    config = ctx.config
     variant = ctx.variant
     client = ctx.tracker.client
     name = config.registered_model(variant)

@@ -73,7 +73,7 @@ def _write_jsonl(path: Path, examples) -> None:
 
 
 def run(ctx: StageContext[GuardsConfig]) -> dict:
-    config: GuardsConfig = ctx.config
+    config = ctx.config
     started = time.monotonic()
     out_train, out_test = output_guard_examples(config.examples, config.test_share, config.seed)
     prompt_train, prompt_test = prompt_guard_examples(config.examples, config.test_share, config.seed)

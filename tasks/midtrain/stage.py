@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext[MidtrainConfig]) -> dict:
-    config: MidtrainConfig = ctx.config
+    config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-midtrain-") as tmp:
         scratch = Path(tmp)
         tokenizer = tokenizer_dir(ctx.inputs["tokens"], scratch)

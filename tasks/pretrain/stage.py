@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: StageContext[PretrainConfig]) -> dict:
-    config: PretrainConfig = ctx.config
+    config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-pretrain-") as tmp:
         tokenizer = tokenizer_dir(ctx.inputs["tokens"], Path(tmp))
         preset = model_preset(ctx.model_preset)
@@ -125,7 +125,7 @@ def _codistill_mode(ctx) -> str:
 
 def _data_and_objective(ctx, tokens_dir: Path, scratch: Path) -> tuple[BatchSource, object]:
     """The batches and loss of this variant: next-token on the shards, or co-distillation from the teacher."""
-    config: PretrainConfig = ctx.config
+    config = ctx.config
     mode = _codistill_mode(ctx)
     if mode == "none":
         return TokenWindows(tokens_dir, config.seq_len, config.batch_size, config.seed), next_token_objective

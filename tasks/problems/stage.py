@@ -21,7 +21,7 @@ from tasks.runtime.reports import log_csv
 
 
 def run(ctx: StageContext[ProblemsConfig]) -> dict:
-    config: ProblemsConfig = ctx.config
+    config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-problems-") as tmp:
         corpus = storage.localize(ctx.inputs["udhr"], Path(tmp), lambda relative: relative.endswith(".jsonl"))
         summary = build_problem_sets(corpus, ctx.workdir, config)

@@ -23,7 +23,7 @@ from tasks.runtime.context import StageContext
 
 
 def run(ctx: StageContext[RLConfig]) -> dict:
-    config: RLConfig = ctx.config
+    config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-rl-") as tmp:
         scratch = Path(tmp)
         tokens = tokenizer_dir(ctx.inputs["tokens"], scratch)

@@ -186,7 +186,7 @@ def run_goat_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: Ou
 
 
 def run(ctx: StageContext[SafetyConfig]) -> dict:
-    config: SafetyConfig = ctx.config
+    config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-safety-") as tmp:
         scratch = Path(tmp)
         output_guard, prompt_guard = load_guards(ctx.inputs["guards"], scratch)

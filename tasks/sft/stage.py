@@ -24,7 +24,7 @@ from tasks.training.reports import log_training_reports
 
 
 def run(ctx: StageContext[SFTConfig]) -> dict:
-    config: SFTConfig = ctx.config
+    config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-sft-") as tmp:
         scratch = Path(tmp)
         tokens = tokenizer_dir(ctx.inputs["tokens"], scratch)

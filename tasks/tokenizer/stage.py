@@ -98,7 +98,7 @@ def _base_tokenizer(uri: str, scratch: Path) -> Tokenizer:
 
 
 def run(ctx: StageContext[TokenizerConfig]) -> dict:
-    config: TokenizerConfig = ctx.config
+    config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-tokenizer-") as tmp:
         shards = _local_shards(ctx.inputs["mix"], Path(tmp))
         sample = balanced_sample(_docs(shards), config)
