@@ -31,7 +31,7 @@ from tasks.training.callbacks.throughput import Throughput, ThroughputMonitor
 from tasks.training.engine import make_engine
 from tasks.training.history import History
 from tasks.training.optim import lr_factor, param_groups, width_mult
-from tasks.training.precision import convert_to_fp8, device_and_dtype
+from tasks.training.precision import convert_from_fp8, convert_to_fp8, device_and_dtype
 from tasks.training.router import balanced_loss, expert_counts
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
     device, dtype = device_and_dtype(config)
     model.to(device)
     if config.precision == "fp8":
-        convert_to_fp8(model)
+        plan = convert_to_fp8(model)
+        log.info("%s: FP8 linears %d, FP8 expert blocks %d, kept bf16: %s", label, len(plan.linears),
+                 len(plan.experts), ", ".join(plan.kept))
     engine = make_engine(model, param_groups(model, config, mult), config, lambda step: lr_factor(step, config),
                          bf16=False)
     start = engine.resume(out, remote)
@@ -107,6 +109,8 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
     for hook in hooks:
         hook.post_train(trainer)
     engine.finish()  # every weight back in ``model`` (gathered from ZeRO-3 shards and expert ranks)
+    if config.precision == "fp8":
+        convert_from_fp8(model)
     model.to("cpu")
     return trainer.history
 
