@@ -145,8 +145,13 @@ def test_deepspeed_zero3_with_experts_split_over_two_ranks_trains_saves_every_ex
     assert expected.keys() == weights.keys()
     assert json.loads((replicated / "step.json").read_text())["metrics"]["final_loss"] == pytest.approx(
         metrics["final_loss"], abs=1e-3)
-    for name in expected:  # fp32; observed at most 2e-5 after 6 steps (Adam magnifies the last bits)
-        torch.testing.assert_close(weights[name], expected[name], rtol=0, atol=2e-4)
+    # fp32, up to summation order, which Adam magnifies: where a gradient is near zero, m/sqrt(v) swings
+    # by up to one whole step (lr 3e-3) on its last bits. Observed: all but a handful of the 290k
+    # elements of a matrix within 2e-5, the worst 2.6e-4 apart.
+    for name in expected:
+        torch.testing.assert_close(weights[name], expected[name], rtol=0, atol=1e-3)
+        apart = (weights[name] - expected[name]).abs() > 2e-5
+        assert apart.float().mean() < 1e-3, (name, apart.sum())
 
     # Lose the last checkpoint and the output: the retry resumes from step 4 and ends bit for bit the same.
     for done in (out / "_SUCCESS", out / "model.safetensors"):

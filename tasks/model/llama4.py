@@ -18,6 +18,7 @@ against the full forward.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -288,6 +289,27 @@ class Block(nn.Module):
         return h_BSD + self.feed_forward(normed), None
 
 
+@dataclass(frozen=True)
+class InitRecipe:
+    """How a model's weights are drawn: kept so a model built on the meta device can be initialised later."""
+
+    std: float
+    seed: int
+    width_mult: float
+
+
+def _init_parameter(param: torch.Tensor, name: str, expert: int | None, recipe: InitRecipe) -> None:
+    group = param_group(name)
+    if group == "norms":
+        param.fill_(1.0)
+        return
+    key = f"{name}#{expert}" if expert is not None else name
+    generator = torch.Generator(device=param.device).manual_seed((recipe.seed * 1_000_003 + zlib.crc32(key.encode()))
+                                                                  % 2**63)
+    scale = {"embedding": 1.0, "output": 1 / recipe.width_mult}.get(group, 1 / recipe.width_mult**0.5)
+    param.normal_(0.0, recipe.std * scale, generator=generator)
+
+
 @dataclass
 class Output:
     logits: torch.Tensor  # (B, S, V)
@@ -354,17 +376,36 @@ class Llama4(nn.Module):
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None,
                      width_mult: float = 1.0) -> None:
-        """Normal init; with ``width_mult`` > 1, µP scaling (see :func:`param_group`)."""
-        for name, param in self.named_parameters():
-            group = param_group(name)
-            if group == "norms":
-                param.fill_(1.0)
-            elif group == "embedding":
-                param.normal_(0.0, std, generator=generator)
-            elif group == "output":
-                param.normal_(0.0, std / width_mult, generator=generator)
-            else:
-                param.normal_(0.0, std / width_mult**0.5, generator=generator)
+        """Normal init; with ``width_mult`` > 1, µP scaling (see :func:`param_group`).
+
+        Every parameter draws from its own stream, seeded by ``generator``'s seed and the
+        parameter's name, and every routed expert by its index too: so a rank that holds a
+        few experts initialises only those, to the values the whole model would hold. On the
+        meta device nothing is drawn; the recipe is kept for :meth:`materialize`.
+        """
+        seed = generator.initial_seed() if generator is not None else torch.initial_seed()
+        self.init_recipe = InitRecipe(std, seed, width_mult)
+        if any(param.is_meta for param in self.parameters()):
+            return
+        for prefix, module in self.named_modules():
+            first_expert = getattr(module, "first_expert", 0) if isinstance(module, Experts) else None
+            for leaf, param in module.named_parameters(recurse=False):
+                name = f"{prefix}.{leaf}" if prefix else leaf
+                if first_expert is None:
+                    _init_parameter(param, name, None, self.init_recipe)
+                else:
+                    for local, expert_param in enumerate(param.unbind(0)):
+                        _init_parameter(expert_param, name, first_expert + local, self.init_recipe)
+        for block in self.layers:
+            if block.moe is not None:
+                block.moe.selection_bias.zero_()
+
+    def materialize(self, device: torch.device | str = "cpu") -> None:
+        """Allocate what this model holds, built on the meta device until now, and initialise it as
+        :meth:`init_weights` was asked to: only this rank's experts once they are sharded."""
+        recipe = self.init_recipe
+        self.to_empty(device=device)
+        self.init_weights(recipe.std, torch.Generator().manual_seed(recipe.seed), recipe.width_mult)
 
     def num_params(self, active: bool = False) -> int:
         """All parameters, or those one token uses (top_k of E routed experts per MoE layer)."""

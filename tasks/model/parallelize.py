@@ -55,7 +55,8 @@ class ShardedExperts(Experts):
             raise ValueError(f"{self.n_experts} experts do not split over {self.ranks} expert-parallel ranks")
         self.local = self.n_experts // self.ranks
         self.hidden, self.dim = full.down.shape[1:]
-        mine = slice(self.rank * self.local, (self.rank + 1) * self.local)
+        self.first_expert = self.rank * self.local  # its global index: what init_weights seeds it by
+        mine = slice(self.first_expert, self.first_expert + self.local)
         self.gate_up = torch.nn.Parameter(full.gate_up.detach()[mine].clone())
         self.down = torch.nn.Parameter(full.down.detach()[mine].clone())
 

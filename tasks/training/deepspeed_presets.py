@@ -114,6 +114,7 @@ class Plan:
     training: dict  # pretrain.* settings
     deepspeed: dict  # what herd's engine hands deepspeed.initialize
     memory: Memory
+    host_bytes: int  # what one rank materialises on the host at start: its experts and the dense weights, fp32
 
     @property
     def world_size(self) -> int:
@@ -126,7 +127,7 @@ class Plan:
     def to_json(self) -> dict:
         return {"preset": self.preset, "nodes": self.nodes, "gpus_per_node": self.gpus_per_node,
                 "world_size": self.world_size, "training": self.training, "deepspeed": self.deepspeed,
-                "memory_bytes": {**asdict(self.memory), "total": self.memory.total},
+                "memory_bytes": {**asdict(self.memory), "total": self.memory.total}, "host_bytes": self.host_bytes,
                 "h100_bytes": H100_BYTES, "fits": self.fits}
 
 
@@ -158,7 +159,17 @@ def plan(preset: str, nodes: int | None = None, gpus_per_node: int | None = None
     deepspeed = deepspeed_config(training, world_size, bf16=False)  # the engine's own call in train()
     settings = training.model_dump(include={"engine", "zero_stage", "expert_parallel_size",
                                             "activation_checkpointing", "precision", "seq_len", "batch_size"})
-    return Plan(preset, nodes, gpus_per_node, settings, deepspeed, memory)
+    return Plan(preset, nodes, gpus_per_node, settings, deepspeed, memory, host_bytes(config, ep))
+
+
+def host_bytes(config: ModelConfig, ep: int) -> int:
+    """One rank's host memory for the weights at start: the model is built on the meta device, each rank
+    keeps its E/P experts of every layer, then materialises (fp32) what it kept, before ZeRO-3 partitions it."""
+    with torch.device("meta"):
+        model = Llama4(config)
+    experts = sum(p.numel() for m in model.modules() if isinstance(m, Experts) for p in m.parameters())
+    dense = sum(p.numel() for p in model.parameters()) - experts
+    return FP32 * (dense + experts // ep)
 
 
 def estimate(config: ModelConfig, world_size: int, ep: int, micro_batch: int, seq_len: int,
@@ -214,5 +225,6 @@ def format_plan(found: Plan) -> str:
                                             for k, v in found.training.items()),
              "  memory per GPU (estimate):",
              *(f"    {name:<17} {value / 1e9:8.1f} GB" for name, value in rows),
-             f"  {'fits' if found.fits else 'does NOT fit'} an 80 GB H100"]
+             f"  {'fits' if found.fits else 'does NOT fit'} an 80 GB H100",
+             f"  host memory per rank at start (weights it materialises): {found.host_bytes / 1e9:.1f} GB"]
     return "\n".join(lines)

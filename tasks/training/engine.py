@@ -94,7 +94,8 @@ class DeepSpeedEngine:
     """Data parallel under DeepSpeed: every rank takes ``batch_size / world`` rows of each step's batch."""
 
     def __init__(self, model: torch.nn.Module, groups: list[dict], config: TrainingConfig,
-                 schedule: Callable[[int], float], bf16: bool = False) -> None:
+                 schedule: Callable[[int], float], bf16: bool = False, device: torch.device | str = "cpu",
+                 prepare: Callable[[torch.nn.Module], object] | None = None) -> None:
         import deepspeed
 
         self.rank, self.world_size = world()
@@ -103,8 +104,14 @@ class DeepSpeedEngine:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.config, self.schedule = config, schedule
         self.experts = config.expert_parallel_size > 1
+        groups = _by_name(model, groups)  # sharding and materialising replace the parameter objects
         if self.experts:
-            groups = _shard_experts(model, groups, config.expert_parallel_size, self.world_size)
+            _shard_experts(model, config.expert_parallel_size, self.world_size)
+        if any(param.is_meta for param in model.parameters()):
+            model.materialize(device)  # only this rank's experts: the rest never existed here
+            if prepare is not None:
+                prepare(model)
+        groups = _split_expert_groups(model, groups) if self.experts else _with_params(model, groups)
         self.base_lrs = [group["lr"] for group in groups]
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), foreach=False)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -273,15 +280,25 @@ def deepspeed_config(config: TrainingConfig, world_size: int, bf16: bool) -> dic
     }
 
 
-def _shard_experts(model: torch.nn.Module, groups: list[dict], size: int, world_size: int) -> list[dict]:
-    """Split the routed experts over groups of ``size`` ranks; the optimizer groups, with experts apart.
+def _by_name(model: torch.nn.Module, groups: list[dict]) -> list[dict]:
+    names = {id(param): name for name, param in model.named_parameters()}
+    return [{**group, "params": [names[id(param)] for param in group["params"]]} for group in groups]
 
-    The expert parameters carry the marks DeepSpeed's own expert layers set
+
+def _with_params(model: torch.nn.Module, groups: list[dict]) -> list[dict]:
+    params = dict(model.named_parameters())
+    return [{**group, "params": [params[name] for name in group["params"]]} for group in groups]
+
+
+def _shard_experts(model: torch.nn.Module, size: int, world_size: int) -> None:
+    """Keep this rank's share of the routed experts, split over groups of ``size`` ranks (on the meta device too).
+
+    The expert parameters then carry the marks DeepSpeed's own expert layers set
     (``deepspeed/module_inject/auto_ep_layer.py``): excluded from the data-parallel
     all-reduce and broadcast (``allreduce=False``, ``group_name``), and, under ZeRO-3,
     partitioned over the ranks that hold the same experts, their gradient averaged over all
-    ranks and their norm summed over the expert-parallel group. ZeRO-3 keeps a bucket's
-    parameters on one partition group, hence the separate optimizer groups.
+    ranks and their norm summed over the expert-parallel group: see :func:`_split_expert_groups`,
+    which runs once the parameters are real.
     """
     from deepspeed.utils import groups as ds_groups
 
@@ -290,8 +307,18 @@ def _shard_experts(model: torch.nn.Module, groups: list[dict], size: int, world_
     name = f"ep_size_{size}"
     if name not in ds_groups._get_expert_parallel_group_dict():
         ds_groups._create_expert_and_data_parallel(size)
-    names = {id(param): n for n, param in model.named_parameters()}
     parallelize.shard_experts(model, ds_groups._get_expert_parallel_group(name))
+
+
+def _split_expert_groups(model: torch.nn.Module, groups: list[dict]) -> list[dict]:
+    """Mark the expert parameters for DeepSpeed; the optimizer groups (by name), with experts apart.
+
+    ZeRO-3 keeps a bucket's parameters on one partition group, hence the separate optimizer groups.
+    """
+    from deepspeed.utils import groups as ds_groups
+
+    experts = next(iter(parallelize.sharded(model).values()))
+    name = f"ep_size_{experts.ranks}"
     for param in parallelize.expert_parameters(model):
         param.allreduce, param.group_name = False, name
         param.ds_zero_placement_family, param.ds_zero_partition_group_name = "autoep_expert", name
@@ -299,7 +326,7 @@ def _shard_experts(model: torch.nn.Module, groups: list[dict], size: int, world_
     params = dict(model.named_parameters())
     split = []
     for group in groups:
-        now = [params[names[id(param)]] for param in group["params"]]
+        now = [params[param_name] for param_name in group["params"]]
         dense = [param for param in now if getattr(param, "allreduce", True)]
         experts = [param for param in now if not getattr(param, "allreduce", True)]
         split += [{**group, "params": dense}] if dense else []
@@ -311,8 +338,11 @@ Engine = PlainEngine | DeepSpeedEngine
 
 
 def make_engine(model: torch.nn.Module, groups: list[dict], config: TrainingConfig,
-                schedule: Callable[[int], float], bf16: bool = False) -> Engine:
+                schedule: Callable[[int], float], bf16: bool = False, device: torch.device | str = "cpu",
+                prepare: Callable[[torch.nn.Module], object] | None = None) -> Engine:
+    """The engine ``config`` asks for. A model still on the meta device (DeepSpeed only) is materialised on
+    ``device`` once its experts are sharded, then handed to ``prepare`` (FP8 conversion) before the engine wraps it."""
     model.activation_checkpointing = config.activation_checkpointing
     if config.engine == "deepspeed":
-        return DeepSpeedEngine(model, groups, config, schedule, bf16)
+        return DeepSpeedEngine(model, groups, config, schedule, bf16, device, prepare)
     return PlainEngine(model, groups, config, schedule)

@@ -41,11 +41,19 @@ Objective = Callable[[Output, torch.Tensor, Batch, slice, int], tuple[torch.Tens
 
 
 def new_model(model_config: ModelConfig, config: PretrainConfig) -> Llama4:
-    """A freshly initialised model, the same for a given seed (so a resumed run starts from the same one)."""
+    """A freshly initialised model, the same for a given seed (so a resumed run starts from the same one).
+
+    It is built on the meta device. Under DeepSpeed it stays there: the engine first keeps only this
+    rank's experts, then materialises and initialises what is left (:meth:`Llama4.materialize`),
+    so no rank ever holds every expert. Otherwise it is materialised here, on the CPU.
+    """
     torch.manual_seed(config.seed)
-    model = Llama4(model_config)
+    with torch.device("meta"):
+        model = Llama4(model_config)
     model.init_weights(std=config.init_std, generator=torch.Generator().manual_seed(config.seed),
                        width_mult=width_mult(model_config, config))
+    if config.engine != "deepspeed":
+        model.materialize("cpu")
     return model
 
 
@@ -75,13 +83,20 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
     post-training loss otherwise. ``rows`` selects this rank's rows of ``batch``.
     """
     device, dtype = device_and_dtype(config)
-    model.to(device)
-    if config.precision == "fp8":
+
+    def to_fp8(model: Llama4) -> None:
         plan = convert_to_fp8(model)
         log.info("%s: FP8 linears %d, FP8 expert blocks %d, kept bf16: %s", label, len(plan.linears),
                  len(plan.experts), ", ".join(plan.kept))
+
+    fp8 = to_fp8 if config.precision == "fp8" else None
+    if not any(param.is_meta for param in model.parameters()):  # on meta, the engine materialises it
+        model.to(device)
+        if fp8:
+            fp8(model)
+            fp8 = None
     engine = make_engine(model, param_groups(model, config, mult), config, lambda step: lr_factor(step, config),
-                         bf16=False)
+                         bf16=False, device=device, prepare=fp8)
     start = engine.resume(out, remote)
     if start:
         log.info("%s: resuming at step %d", label, start)
