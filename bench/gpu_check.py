@@ -75,7 +75,7 @@ def run_training_bench(out: Path, shape: dict) -> list[dict]:
     report = out / "gpu_train.json"
     subprocess.run([sys.executable, "bench/gpu_train.py", "--preset", shape["preset"], "--seq", str(shape["seq"]),
                     "--batch", str(shape["batch"]), "--steps", str(shape["steps"]), "--device", shape["device"],
-                    "--kinds", "bf16,fp8,transformers", "--json", str(report)], cwd=REPO, check=False)
+                    "--kinds", "bf16,fp8,transformers", "--profile", "--json", str(report)], cwd=REPO, check=False)
     return json.loads(report.read_text()) if report.exists() else [{"kind": "all", "error": "gpu_train.py wrote nothing"}]
 
 

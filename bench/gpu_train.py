@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def child(kind: str, preset: str, seq: int, batch: int, steps: int, device_name: str) -> dict:
+def child(kind: str, preset: str, seq: int, batch: int, steps: int, device_name: str, profile: bool = False) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -78,6 +78,7 @@ def child(kind: str, preset: str, seq: int, batch: int, steps: int, device_name:
     sync()
     seconds = time.perf_counter() - start
     tokens_per_second = batch * seq * steps / seconds
+    top = top_operations(step, sync) if profile else None
     flops = training_flops_per_token(config, model_info(config)["active_params"], seq)
     peak = peak_flops(device)
     return {
@@ -86,13 +87,35 @@ def child(kind: str, preset: str, seq: int, batch: int, steps: int, device_name:
         "tokens_per_second": round(tokens_per_second, 1),
         "mfu": round(tokens_per_second * flops / peak, 4),
         "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        **({"top_operations": top} if top else {}),
     }
+
+
+def top_operations(step, sync, count: int = 20) -> list[dict]:
+    """The operations that took the most device (or CPU) time over two profiled steps: where the step goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch_cuda_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        sync()
+    key = "device_time_total" if torch_cuda_available() else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:count]
+    return [{"name": e.key[:120], "ms": round(getattr(e, key, 0) / 2000, 3), "calls": e.count // 2} for e in events]
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def measure(kind: str, args: argparse.Namespace) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--preset", args.preset, "--seq", str(args.seq),
-         "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device],
+         "--batch", str(args.batch), "--steps", str(args.steps), "--device", args.device,
+         *(["--profile"] if args.profile and kind == "bf16" else [])],
         capture_output=True, text=True, cwd=REPO,
     )
     if result.returncode != 0:
@@ -110,9 +133,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--kinds", default="bf16,fp8,transformers")
     parser.add_argument("--json", default="", help="also write the results here")
+    parser.add_argument("--profile", action="store_true", help="also list herd bf16's costliest operations per step")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.preset, args.seq, args.batch, args.steps, args.device)))
+        print(json.dumps(child(args.child, args.preset, args.seq, args.batch, args.steps, args.device, args.profile)))
         return
     results = [measure(kind, args) for kind in args.kinds.split(",")]
     baseline = next((r for r in results if r.get("kind") == "bf16" and "error" not in r), None)
