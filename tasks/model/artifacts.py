@@ -1,6 +1,6 @@
 """A model stage's output: weights in our names, their config, and the Hugging Face export beside them.
 
-    model.safetensors   model_config.json   hf/ (config.json, model.safetensors, tokenizer)
+    model.safetensors   model_config.json   hf/ (config.json, the weights' shards, selection_bias.safetensors, tokenizer)
 
 Every model stage writes this layout, and the next one reads it with :func:`load_model`.
 """

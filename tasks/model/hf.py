@@ -1,15 +1,31 @@
-"""Hugging Face format: ``config.json`` + ``model.safetensors`` that ``transformers.Llama4ForCausalLM`` loads.
+"""Hugging Face format: ``config.json`` + safetensors shards that ``transformers.Llama4ForCausalLM`` loads.
+
+    folder = export(model, Path("out/hf"))   # shards of at most 5 GB, written one at a time
+    model = load(folder)                     # herd's Llama 4, selection bias included
 
 Our parameter names and transformers' differ only in spelling: both rotate interleaved
 RoPE pairs and store experts as ``gate_up [E, D, 2F]`` and ``down [E, F, D]``, so the
-conversion renames and never permutes. The aux-loss-free selection bias has no place in
-transformers' router: a model trained with it exports with a warning in ``config.json``.
+conversion renames and never permutes.
+
+The weights go out as transformers writes them: one ``model.safetensors`` when they fit in
+one shard, else ``model-0000i-of-0000N.safetensors`` and ``model.safetensors.index.json``
+(which file holds which tensor). :func:`export_weights` converts and writes tensor by tensor,
+so beside the state it reads it holds one shard at most: a Scout export never builds a
+second copy of the model.
+
+The aux-loss-free selection bias has no place in transformers' router: it travels in
+``selection_bias.safetensors`` beside the shards, which :func:`load` applies and stock
+transformers ignores (so transformers routes a model trained with a bias differently; its
+``config.json`` then carries a ``herd_warning``). :func:`load` refuses a MoE export without
+that file unless told ``allow_missing_selection_bias=True``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -17,6 +33,12 @@ from safetensors.torch import load_file, save_file
 
 from herd.model import ModelConfig, RopeScaling
 from tasks.model.llama4 import Llama4
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+SELECTION_BIAS = "selection_bias.safetensors"
+MAX_SHARD_BYTES = 5 * 1000**3  # transformers' default shard size
+_SHARD = "model-{:05d}-of-{:05d}.safetensors"
 
 _LAYER_RENAMES = [
     ("attention_norm.weight", "input_layernorm.weight"),
@@ -50,7 +72,7 @@ _FROM_HF_LAYER = {theirs: ours for ours, theirs in _LAYER_RENAMES}
 
 
 def to_hf_name(name: str) -> str | None:
-    """None for state that transformers has no place for (the selection bias)."""
+    """None for state that transformers has no place for (the selection bias, which goes to its own file)."""
     if name in _TO_HF_TOP:
         return _TO_HF_TOP[name]
     match = _LAYER.match(name)
@@ -111,25 +133,81 @@ def hf_config(config: ModelConfig, bos_id: int | None = None, eos_id: int | None
 
 
 def export(model: Llama4, folder: Path, bos_id: int | None = None, eos_id: int | None = None,
-           pad_id: int | None = None) -> Path:
+           pad_id: int | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+    return export_weights(model.state_dict(), model.config, folder, bos_id, eos_id, pad_id, max_shard_bytes)
+
+
+def export_weights(state: Mapping[str, torch.Tensor], config: ModelConfig, folder: Path, bos_id: int | None = None,
+                   eos_id: int | None = None, pad_id: int | None = None,
+                   max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+    """Write ``state`` (our names) as a Hugging Face folder, reading each tensor once, one shard in memory at most.
+
+    ``state`` may read its tensors lazily (a ``safe_open`` over a checkpoint): nothing is
+    held beyond the shard being filled. A tensor larger than ``max_shard_bytes`` gets a
+    shard of its own.
+    """
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     folder.mkdir(parents=True, exist_ok=True)
-    tensors, bias_used = {}, False
-    for name, tensor in model.state_dict().items():
+    for stale in (*folder.glob("model*.safetensors"), *folder.glob(".shard-*.partial"), folder / INDEX,
+                  folder / SELECTION_BIAS):
+        stale.unlink(missing_ok=True)
+    biases: dict[str, torch.Tensor] = {}
+    written: list[tuple[Path, list[str], int]] = []  # (file, hf names, bytes) per shard
+    shard: dict[str, torch.Tensor] = {}
+    shard_bytes = 0
+    for name in state:
         hf_name = to_hf_name(name)
+        tensor = state[name].detach().contiguous().cpu()
         if hf_name is None:
-            bias_used |= bool(tensor.abs().sum() > 0)
+            biases[name] = tensor
             continue
-        tensors[hf_name] = tensor.detach().contiguous().cpu()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config = hf_config(model.config, bos_id, eos_id, pad_id)
-    if bias_used:
-        config["herd_warning"] = "trained with an aux-loss-free selection bias that transformers' router ignores"
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        size = tensor.numel() * tensor.element_size()
+        if shard and shard_bytes + size > max_shard_bytes:
+            written.append(_write_shard(shard, folder, len(written), shard_bytes))
+            shard, shard_bytes = {}, 0
+        shard[hf_name], shard_bytes = tensor, shard_bytes + size
+    if shard:
+        written.append(_write_shard(shard, folder, len(written), shard_bytes))
+    _name_shards(folder, written)
+    if biases:
+        save_file(biases, str(folder / SELECTION_BIAS), metadata={"format": "pt"})
+    written_config = hf_config(config, bos_id, eos_id, pad_id)
+    if any(bool(bias.abs().sum() > 0) for bias in biases.values()):
+        written_config["herd_warning"] = (f"trained with an aux-loss-free selection bias ({SELECTION_BIAS}) that transformers' "
+                              "router ignores: transformers routes tokens differently from the trained model; "
+                              "tasks.model.hf.load applies it")
+    (folder / "config.json").write_text(json.dumps(written_config, indent=2) + "\n")
     return folder
 
 
-def load(folder: Path) -> Llama4:
-    """Our model from an exported folder (ours or any Llama 4 text checkpoint with the same layout)."""
+def _write_shard(shard: dict[str, torch.Tensor], folder: Path, number: int, size: int) -> tuple[Path, list[str], int]:
+    path = folder / f".shard-{number + 1:05d}.partial"
+    save_file(shard, str(path), metadata={"format": "pt"})
+    return path, list(shard), size
+
+
+def _name_shards(folder: Path, written: list[tuple[Path, list[str], int]]) -> None:
+    """Transformers' names, known once the number of shards is: one file, or numbered files and their index."""
+    if len(written) == 1:
+        os.replace(written[0][0], folder / WEIGHTS)
+        return
+    weight_map = {}
+    for number, (partial, names, _) in enumerate(written):
+        final = _SHARD.format(number + 1, len(written))
+        os.replace(partial, folder / final)
+        weight_map.update(dict.fromkeys(names, final))
+    index = {"metadata": {"total_size": sum(size for *_, size in written)}, "weight_map": weight_map}
+    (folder / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def load(folder: Path, allow_missing_selection_bias: bool = False) -> Llama4:
+    """Our model from an exported folder (ours or any Llama 4 text checkpoint with the same layout).
+
+    A MoE model routes with the selection bias of ``selection_bias.safetensors``; without
+    that file it is refused, unless ``allow_missing_selection_bias`` (then the bias is zero,
+    which is how transformers routes).
+    """
     raw = json.loads((folder / "config.json").read_text())
     if "herd_model_config" in raw:
         config = ModelConfig.model_validate(raw["herd_model_config"])
@@ -137,11 +215,34 @@ def load(folder: Path) -> Llama4:
         config = _from_hf_config(raw)
     with torch.device("meta"):
         model = Llama4(config)
-    state = {from_hf_name(name): tensor for name, tensor in load_file(str(folder / "model.safetensors")).items()}
-    for name, buffer in model.named_buffers():
+    state = {from_hf_name(name): tensor for name, tensor in _read_weights(folder)}
+    buffers = {name: buffer for name, buffer in model.named_buffers()}
+    if buffers and (folder / SELECTION_BIAS).is_file():
+        biases = load_file(str(folder / SELECTION_BIAS))
+        if set(biases) != set(buffers):
+            raise ValueError(f"{folder / SELECTION_BIAS} holds {sorted(biases)}, the model has {sorted(buffers)}")
+        state.update(biases)
+    elif buffers and not allow_missing_selection_bias:
+        raise FileNotFoundError(f"{folder} has no {SELECTION_BIAS}: without it the MoE layers would route as "
+                                "if never trained with a selection bias; pass allow_missing_selection_bias=True "
+                                "to load it that way (as transformers does)")
+    for name, buffer in buffers.items():
         state.setdefault(name, torch.zeros_like(buffer, device="cpu"))
     model.load_state_dict(state, strict=True, assign=True)
     return model
+
+
+def _read_weights(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the checkpoint, shard by shard: the index's files, or the single ``model.safetensors``."""
+    if (folder / INDEX).is_file():
+        weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif (folder / WEIGHTS).is_file():
+        files = [WEIGHTS]
+    else:
+        raise FileNotFoundError(f"{folder} holds neither {WEIGHTS} nor {INDEX}")
+    for file in files:
+        yield from load_file(str(folder / file)).items()
 
 
 def _from_hf_config(raw: dict) -> ModelConfig:
