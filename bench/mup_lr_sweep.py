@@ -1,11 +1,13 @@
-"""µP learning-rate transfer: final loss against learning rate at two widths, logged to MLflow.
+"""µP learning-rate transfer: final loss against learning rate at several widths, logged to MLflow.
 
     .venv/bin/python bench/mup_lr_sweep.py --tokens .herd/artifacts/tokenizer/<hash>
-    .venv/bin/python bench/mup_lr_sweep.py --tokens ... --widths 128 512 --lrs 1e-3 3e-3 1e-2 3e-2 --steps 40
+    .venv/bin/python bench/mup_lr_sweep.py --tokens ... --widths 128 256 512 --lrs 1e-3 3e-3 1e-2 3e-2 --steps 40
 
-Both widths train the nano recipe with ``pretrain.mup_base_dim`` set to the narrower width,
-so the narrow model is the tuned proxy. Under µP the best learning rate should be the same
-at both widths (the curves' minima line up); ``--standard`` runs the same sweep without µP
+Each width w trains the nano recipe widened as a whole: model width w, w/64 heads of 64,
+experts 2w wide and dense FFNs 4w (nano's ratios), so every hidden matrix's fan-in grows.
+The narrowest is the tuned proxy: ``pretrain.mup_base_*`` are its widths, and µP scales
+each matrix by its own fan-in's growth. Under µP the best learning rate should be the same
+at every width (the curves' minima line up); ``--standard`` runs the same sweep without µP
 for comparison, where the best LR usually moves as the width grows. The plot and the table
 go to an MLflow run named ``mup-lr-sweep`` in the ``herd`` experiment.
 """
@@ -22,18 +24,34 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def final_loss(tokens: Path, width: int, lr: float, steps: int, base: int | None) -> float:
+def widened(width: int, vocab_size: int):
+    """Nano at model width ``width``, its attention, expert and dense FFN widths in nano's ratios to it."""
     from herd.model import nano
+
+    base = nano()
+    heads = width // base.head_dim
+    return base.model_copy(update={"dim": width, "n_heads": heads, "n_kv_heads": min(base.n_kv_heads, heads),
+                                   "ffn_dim": width * base.ffn_dim // base.dim,
+                                   "dense_ffn_dim": width * base.dense_ffn_dim // base.dim, "vocab_size": vocab_size})
+
+
+def final_loss(tokens: Path, width: int, lr: float, steps: int, base: int | None) -> float:
     from herd.pipeline import load_config
     from tasks.training.data import TokenWindows
     from tasks.training.loop import new_model, train
     from tasks.training.optim import width_mult
 
     index = json.loads((tokens / "tokens" / "index.json").read_text())
-    model_config = nano().model_copy(update={"dim": width, "vocab_size": index["vocab_size"]})
+    model_config = widened(width, index["vocab_size"])
     overrides = {"pretrain.lr": lr, "pretrain.steps": steps, "pretrain.seq_len": 128, "pretrain.batch_size": 4,
                  "pretrain.warmup_steps": max(1, steps // 10), "pretrain.checkpoint_every": steps + 1,
-                 "pretrain.log_every": steps, "pretrain.mup_base_dim": base}
+                 "pretrain.log_every": steps}
+    if base is not None:
+        proxy = widened(base, index["vocab_size"])
+        overrides |= {"pretrain.mup_base_dim": proxy.dim,
+                      "pretrain.mup_base_attention_dim": proxy.n_heads * proxy.head_dim,
+                      "pretrain.mup_base_ffn_dim": proxy.ffn_dim,
+                      "pretrain.mup_base_dense_ffn_dim": proxy.dense_ffn_dim}
     config = load_config("nano", overrides).pretrain
     with tempfile.TemporaryDirectory() as tmp:
         batches = TokenWindows(tokens / "tokens", config.seq_len, config.batch_size, config.seed)
@@ -45,11 +63,14 @@ def final_loss(tokens: Path, width: int, lr: float, steps: int, base: int | None
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", required=True, type=Path, help="a tokenizer stage output (local folder)")
-    parser.add_argument("--widths", type=int, nargs=2, default=[128, 512])
+    parser.add_argument("--widths", type=int, nargs="+", default=[128, 512],
+                        help="multiples of 64; the narrowest is the proxy")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--standard", action="store_true", help="standard parametrisation instead of µP")
     args = parser.parse_args()
+    if any(width % 64 for width in args.widths):
+        parser.error(f"--widths must be multiples of the head width 64, got {args.widths}")
     base = None if args.standard else min(args.widths)
     rows = []
     for width in args.widths:
@@ -66,7 +87,7 @@ def main() -> None:
     run = tracking.StageRun(client, client.create_run(tracking.experiment_id(client), run_name="mup-lr-sweep",
                                                       tags={"herd.kind": "sweep"}).info.run_id)
     run.log_params({"widths": args.widths, "lrs": args.lrs, "steps": args.steps,
-                    "parametrisation": "standard" if args.standard else f"muP, base width {base}"})
+                    "parametrisation": "standard" if args.standard else f"muP by fan-in, base width {base}"})
     run.log_metrics({f"best_lr/width{w}": lr for w, lr in best.items()})
 
     def draw(figure):
@@ -77,7 +98,7 @@ def main() -> None:
         axes.set_xscale("log")
         axes.set_xlabel("learning rate")
         axes.set_ylabel(f"loss after {args.steps} steps")
-        axes.set_title("standard parametrisation" if args.standard else f"µP (base width {base})")
+        axes.set_title("standard parametrisation" if args.standard else f"µP by fan-in (base width {base})")
         axes.legend()
 
     run.log_plot("loss_vs_lr.png", draw)

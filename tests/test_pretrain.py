@@ -114,7 +114,8 @@ def test_mup_scales_hidden_and_output_learning_rates_and_inits_with_width():
     config = load_config("nano", {"pretrain.mup_base_dim": 128, "pretrain.lr": 0.01}).pretrain
     wide = nano().model_copy(update={"dim": 512, "vocab_size": 300})
     mult = width_mult(wide, config)
-    assert mult == 4.0
+    # Only the model width grew: the attention, expert and dense FFN widths are the proxy's.
+    assert mult == {"hidden": 4.0, "output": 4.0, "hidden_attention": 1.0, "hidden_ffn": 1.0, "hidden_dense_ffn": 1.0}
     groups = {g["name"]: g for g in param_groups(Llama4(wide), config, mult)}
     assert groups["embedding"]["lr"] == 0.01 and groups["norms"]["lr"] == 0.01
     assert groups["hidden"]["lr"] == groups["output"]["lr"] == 0.0025
@@ -126,6 +127,37 @@ def test_mup_scales_hidden_and_output_learning_rates_and_inits_with_width():
     assert model.tok_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.layers[0].attention.wq.weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert model.output.weight.std().item() == pytest.approx(0.005, rel=0.05)
+
+
+def test_mup_scales_each_hidden_matrix_by_the_growth_of_its_own_fan_in():
+    from herd.model import nano_maverick
+    from tasks.model.llama4 import Llama4
+    from tasks.training.optim import param_groups, width_mult
+
+    # The proxy: width 128, 2 heads of 64, experts 256 wide, dense FFN 512; the model: all four 4x wider but heads 2x.
+    config = load_config("nano", {"pretrain.mup_base_dim": 128, "pretrain.mup_base_attention_dim": 128,
+                                  "pretrain.mup_base_ffn_dim": 256, "pretrain.mup_base_dense_ffn_dim": 512,
+                                  "pretrain.lr": 0.01}).pretrain
+    wide = nano_maverick().model_copy(update={"dim": 512, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 1024,
+                                              "dense_ffn_dim": 2048, "vocab_size": 300})
+    mult = width_mult(wide, config)
+    assert mult == {"hidden": 4.0, "output": 4.0, "hidden_attention": 2.0, "hidden_ffn": 4.0, "hidden_dense_ffn": 4.0}
+    model = Llama4(wide)
+    lr_of = {id(p): g["lr"] for g in param_groups(model, config, mult) for p in g["params"]}
+    moe, dense = model.layers[1], model.layers[0]
+    assert moe.moe is not None and dense.feed_forward is not None
+    assert lr_of[id(moe.attention.wq.weight)] == lr_of[id(moe.moe.experts.gate_up)] == 0.0025
+    assert lr_of[id(moe.attention.wo.weight)] == 0.005  # fan-in H*Dh, 2x the proxy's
+    assert lr_of[id(moe.moe.experts.down)] == lr_of[id(moe.moe.shared.w2.weight)] == 0.0025  # fan-in F
+    assert lr_of[id(dense.feed_forward.w2.weight)] == 0.0025
+
+    torch.manual_seed(0)
+    model.init_weights(std=0.02, width_mult=mult)
+    assert moe.attention.wo.weight.std().item() == pytest.approx(0.02 / 2**0.5, rel=0.05)
+    assert moe.moe.experts.down.std().item() == pytest.approx(0.01, rel=0.05)
+
+    with pytest.raises(ValueError, match="mup_base_ffn_dim"):
+        load_config("nano", {"pretrain.mup_base_ffn_dim": 256})  # a proxy without its width
 
 
 def test_students_codistil_from_the_teachers_cache_and_a_short_cache_is_refused(tokens, herd_home):

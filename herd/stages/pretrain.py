@@ -6,7 +6,7 @@ holds what the variants share.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from herd.stage import Input, StageSpec
 from herd.stages.models import STUDENTS, TEACHER
@@ -19,6 +19,26 @@ class PretrainConfig(TrainingConfig):
     mup_base_dim: int | None = Field(
         None, gt=0, description="µP: the width the LR and init were tuned at; None trains in the standard parametrisation."
     )
+    # The tuned proxy's other widths, each the fan-in of some hidden matrices: µP scales a
+    # matrix by its own fan-in's growth. None: the proxy had the model's (not widened).
+    mup_base_attention_dim: int | None = Field(
+        None, gt=0, description="µP: the proxy's n_heads * head_dim (fan-in of wo); None: the model's own."
+    )
+    mup_base_ffn_dim: int | None = Field(
+        None, gt=0,
+        description="µP: the proxy's expert width (fan-in of expert down and shared w2); None: the model's own."
+    )
+    mup_base_dense_ffn_dim: int | None = Field(
+        None, gt=0, description="µP: the proxy's dense FFN width (fan-in of dense w2); None: the model's own."
+    )
+
+    @model_validator(mode="after")
+    def _proxy_needs_its_width(self) -> PretrainConfig:
+        widths = ("mup_base_attention_dim", "mup_base_ffn_dim", "mup_base_dense_ffn_dim")
+        stray = [name for name in widths if getattr(self, name) is not None]
+        if stray and self.mup_base_dim is None:
+            raise ValueError(f"{', '.join(stray)} describe the µP proxy: set mup_base_dim too, or leave them unset")
+        return self
 
 
 def _spec(variant: str, reads: tuple[str, ...] = (), **inputs: Input) -> StageSpec:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -295,7 +296,7 @@ class InitRecipe:
 
     std: float
     seed: int
-    width_mult: float
+    width_mult: float | Mapping[str, float]
 
 
 def _init_parameter(param: torch.Tensor, name: str, expert: int | None, recipe: InitRecipe) -> None:
@@ -306,7 +307,8 @@ def _init_parameter(param: torch.Tensor, name: str, expert: int | None, recipe: 
     key = f"{name}#{expert}" if expert is not None else name
     generator = torch.Generator(device=param.device).manual_seed((recipe.seed * 1_000_003 + zlib.crc32(key.encode()))
                                                                   % 2**63)
-    scale = {"embedding": 1.0, "output": 1 / recipe.width_mult}.get(group, 1 / recipe.width_mult**0.5)
+    mult = group_mult(recipe.width_mult, group)
+    scale = {"embedding": 1.0, "output": 1 / mult}.get(group, 1 / mult**0.5)
     param.normal_(0.0, recipe.std * scale, generator=generator)
 
 
@@ -321,13 +323,18 @@ class Output:
 
 
 def param_group(name: str) -> str:
-    """The µP role of a parameter: ``embedding``, ``hidden`` (matrices inside blocks), ``output`` or ``norms``.
+    """The µP role of a parameter: ``embedding``, ``output``, ``norms``, or a hidden matrix by its fan-in.
 
-    Under µP with Adam (Tensor Programs V), as the width grows by m relative to a tuned
-    base, hidden matrices get init std / sqrt(m) and LR / m, the output layer init std / m
-    and LR / m, embeddings and norms stay as tuned: so one LR tuned on a narrow proxy
-    transfers to the wide model. That is herd's stand-in for MetaP, whose formulas are
-    unpublished.
+    Hidden matrices (inside blocks) go by what their fan-in is the width of: ``hidden`` the
+    model width D (``wq``/``wk``/``wv``, ``w1``/``w3``, router, expert ``gate_up``),
+    ``hidden_attention`` H*Dh (``wo``), ``hidden_ffn`` F (expert ``down``, shared ``w2``),
+    ``hidden_dense_ffn`` the dense FFN width (``w2`` of dense layers).
+
+    Under µP with Adam (Tensor Programs V), as a hidden matrix's fan-in grows by m relative
+    to the tuned base's, its init std shrinks by sqrt(m) and its LR by m; the output layer
+    (fan-in D) gets init std / m and LR / m; embeddings and norms stay as tuned: so one LR
+    tuned on a narrow proxy transfers to the wide model. That is herd's stand-in for MetaP,
+    whose formulas are unpublished.
     """
     if name.startswith("tok_embeddings"):
         return "embedding"
@@ -335,7 +342,20 @@ def param_group(name: str) -> str:
         return "output"
     if "norm" in name:
         return "norms"
+    if name.endswith("attention.wo.weight"):
+        return "hidden_attention"
+    if name.endswith(("experts.down", "shared.w2.weight")):
+        return "hidden_ffn"
+    if name.endswith("feed_forward.w2.weight"):
+        return "hidden_dense_ffn"
     return "hidden"
+
+
+def group_mult(width_mult: float | Mapping[str, float], group: str) -> float:
+    """The µP multiplier of ``group``: one for every group (a uniformly widened model), or each group's own."""
+    if isinstance(width_mult, Mapping):
+        return width_mult.get(group, 1.0)
+    return 1.0 if group in ("embedding", "norms") else width_mult
 
 
 class Llama4(nn.Module):
@@ -375,8 +395,8 @@ class Llama4(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None,
-                     width_mult: float = 1.0) -> None:
-        """Normal init; with ``width_mult`` > 1, µP scaling (see :func:`param_group`).
+                     width_mult: float | Mapping[str, float] = 1.0) -> None:
+        """Normal init; with ``width_mult`` (see :func:`group_mult`) above 1, µP scaling (see :func:`param_group`).
 
         Every parameter draws from its own stream, seeded by ``generator``'s seed and the
         parameter's name, and every routed expert by its index too: so a rank that holds a

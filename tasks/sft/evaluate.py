@@ -26,6 +26,7 @@ from tasks.sft.judge import answer_losses, prune, sample_rewards
 from tasks.sft.report import bucket_of
 from tasks.training.history import History
 from tasks.training.loop import train
+from tasks.training.optim import WidthMult
 from tasks.training.precision import placed
 
 ARMS = ("pruned", "unpruned")
@@ -52,7 +53,7 @@ def evaluate(model: Llama4, tokenizer, examples: Sequence[Example], config: SFTC
 
 
 def train_arm(model: Llama4, examples: list[Example], tokenizer, config: SFTConfig, out: Path,
-              on_metrics: Callable[[int, dict], None], remote: str | None = None, mult: float = 1.0,
+              on_metrics: Callable[[int, dict], None], remote: str | None = None, mult: WidthMult = 1.0,
               label: str = "sft") -> tuple[History, PackedRows]:
     """Train ``model`` in place on ``examples`` packed into rows; resumes from checkpoints under ``out``."""
     rows = PackedRows(examples, config.seq_len, config.batch_size, config.seed, pad_id(tokenizer))
@@ -82,7 +83,7 @@ def arm_row(arm: str, seed: int, rows: PackedRows | None, history: History | Non
 def compare_pruned_vs_unpruned(student: Llama4, tokenizer, train_examples: list[Example], scores: Sequence[float],
                                hard: Sequence[Example], config: SFTConfig, drop_fraction: float, workdir: Path,
                                seeds: Sequence[int] = (0,), on_metrics: Callable[[str, int, dict], None] | None = None,
-                               mult: float = 1.0, remote: str | None = None) -> list[dict]:
+                               mult: WidthMult = 1.0, remote: str | None = None) -> list[dict]:
     """One row per (seed, arm): two copies of ``student`` trained at equal compute, evaluated on ``hard``.
 
     ``student`` is left as it was. Each arm checkpoints under ``workdir/<arm>-seed<seed>``, so

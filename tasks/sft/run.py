@@ -39,6 +39,7 @@ from tasks.sft.evaluate import arm_row, evaluate, hard_set, train_arm
 from tasks.sft.judge import difficulty, prune
 from tasks.sft.report import hint_agreement, logged_examples, pruning_plot, pruning_rows
 from tasks.training.history import History
+from tasks.training.optim import WidthMult
 from tasks.training.reports import training_summary
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ SCORES = "judge_scores.json"
 def run_sft(student: Llama4, judge: Llama4 | None, problems_dir: Path, tokenizer_dir: Path, config: SFTConfig,
             drop_fraction: float, workdir: Path, on_metrics: Callable[[int, dict], None],
             log_plot: Callable[[str, Callable], None], *, log_artifact: Callable[[Path, str], None] | None = None,
-            mult: float = 1.0, remote: str | None = None) -> tuple[dict, History]:
+            mult: WidthMult = 1.0, remote: str | None = None) -> tuple[dict, History]:
     """Prune ``problems_dir/train.jsonl`` by ``config.judge`` and fine-tune ``student`` on what is left.
 
     ``judge`` is the teacher (unused, may be None, for ``student_loss``). ``log_artifact(path,

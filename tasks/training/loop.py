@@ -30,7 +30,7 @@ from tasks.training.callbacks.router_bias import RouterBias
 from tasks.training.callbacks.throughput import Throughput, ThroughputMonitor
 from tasks.training.engine import make_engine
 from tasks.training.history import History
-from tasks.training.optim import lr_factor, param_groups, width_mult
+from tasks.training.optim import WidthMult, lr_factor, param_groups, width_mult
 from tasks.training.precision import convert_from_fp8, convert_to_fp8, device_and_dtype
 from tasks.training.router import balanced_loss, expert_counts
 
@@ -74,7 +74,7 @@ def callbacks(config: TrainingConfig, on_metrics: Callable[[int, dict], None], t
 
 def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path,
           on_metrics: Callable[[int, dict], None], remote: str | None = None,
-          throughput: Throughput = Throughput(), mult: float = 1.0, label: str = "pretrain",
+          throughput: Throughput = Throughput(), mult: WidthMult = 1.0, label: str = "pretrain",
           objective: Objective = next_token_objective) -> History:
     """Train ``model`` in place for ``config.steps`` steps, resuming from the newest checkpoint under ``out``.
 
