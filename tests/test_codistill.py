@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from tasks.training.distill.objective import make_objective
 from tasks.training.distill.teachers import (CachedTeacherWindows, KeyedWindows, OnlineTeacherWindows, TeacherCache,
                                              teacher_log_probs)
 from tasks.training.loop import new_model, train
+from tasks.training.reports import log_training_reports
 
 V = 50
 
@@ -195,10 +197,15 @@ def test_a_student_learns_with_the_objective_and_the_comparison_reports_both(tok
     student = new_model(tiny(vocab), config)
     before = heldout_loss(student, tokens, 32, heldout, limit=32)
     logged: list[dict] = []
-    train(student, config, batches, tmp_path / "s", lambda step, metrics: logged.append(metrics), objective=objective)
+    history = train(student, config, batches, tmp_path / "s", lambda step, metrics: logged.append(metrics),
+                    objective=objective)
     assert heldout_loss(student, tokens, 32, heldout, limit=32) < before - 0.3
     assert {"codistill/ce", "codistill/kl", "codistill/soft_weight_mean", "codistill/soft_weight_p90",
             "codistill/teacher_confidence"} <= set(logged[-1])
+    # ``loss`` is the next-token loss, as a plain run's; the mix the optimiser saw is ``objective``.
+    assert logged[-1]["loss"] == pytest.approx(logged[-1]["codistill/ce"])
+    assert abs(logged[-1]["objective"] - logged[-1]["loss"]) > 1e-3
+    assert len(history.objective_losses) == len(history.losses) == 16 and history.losses[-1] == logged[-1]["loss"]
     rows = objective.weight_log.rows()
     assert [r["step"] for r in rows] == list(range(16)) and all(0 <= r["p10"] <= r["p90"] <= 1 for r in rows)
     import matplotlib
@@ -211,6 +218,14 @@ def test_a_student_learns_with_the_objective_and_the_comparison_reports_both(tok
     assert figure.axes
     plt.close(figure)
 
+    tracker = DrawingTracker()
+    log_training_reports(SimpleNamespace(workdir=tmp_path / "s", tracker=tracker), history, "Pretraining loss")
+    axes = tracker.figures["loss.png"].axes[0]
+    labels = axes.get_legend_handles_labels()[1]
+    assert labels[0] == "next-token loss" and labels[1].startswith("objective")
+    assert list(axes.lines[0].get_ydata()) == history.losses
+    assert list(axes.lines[1].get_ydata()) == history.objective_losses
+
     online = CodistillConfig(teacher_source="online")
     result = compare(tokens, teacher, tiny(vocab), tiny_pretrain(steps=6), online,
                      ("none", "dynamic"), [0], tmp_path / "compare", heldout_windows=32)
@@ -218,6 +233,25 @@ def test_a_student_learns_with_the_objective_and_the_comparison_reports_both(tok
     assert set(table) == {"none", "dynamic"} and "delta_vs_none" in table["dynamic"]
     assert all(row["mean"] < math.log(vocab) for row in table.values())
     assert result.weight_logs["dynamic"].steps == list(range(6))
+
+
+class DrawingTracker:
+    """Draws each plot as the MLflow tracker does and keeps the figure, so a test can read what it shows."""
+
+    def __init__(self) -> None:
+        self.figures = {}
+
+    def log_plot(self, name, draw, folder="plots") -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.figures[name] = figure = plt.figure()
+        draw(figure)
+
+    def log_artifact(self, path, folder) -> None:
+        pass
 
 
 def test_the_config_refuses_unknown_schemes_and_bad_values():

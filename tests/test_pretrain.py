@@ -177,6 +177,14 @@ def test_students_codistil_from_the_teachers_cache_and_a_short_cache_is_refused(
     step = json.loads((student / "step.json").read_text())
     assert step["metrics"]["codistill"] == "dynamic/cache"
     assert step["version"]["config"]["codistill.scheme"] == "dynamic"
+    # Its loss is the next-token loss, as the teacher's; the mix it minimised is logged apart.
+    from tasks.runtime import tracking
+
+    logged = tracking.client().get_run(step["mlflow_run_id"]).data.metrics
+    assert logged["loss"] == pytest.approx(logged["codistill/ce"])
+    assert logged["loss"] == pytest.approx(step["metrics"]["final_loss"], abs=1e-4)
+    assert logged["objective"] == pytest.approx(step["metrics"]["final_objective"], abs=1e-4)
+    assert abs(logged["objective"] - logged["loss"]) > 1e-3
     with open(student / "reports" / "codistill_weights.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and all(0 <= float(row["p50"]) <= 1 for row in rows)

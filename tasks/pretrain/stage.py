@@ -13,7 +13,8 @@ and ends with the same weights, bit for bit, on the CPU.
 The students (Scout, Maverick) co-distil from the teacher as ``codistill`` says: from the
 cache stage ``codistill`` wrote (``teacher_cache``), or from the teacher's forward pass
 (``teacher``, ``teacher_source=online``); the soft weights' distribution over training
-goes to ``reports/codistill_weights.csv`` and a plot.
+goes to ``reports/codistill_weights.csv`` and a plot. Their ``loss`` is the next-token loss, as
+every other run's; the mix of it with the teacher's KL that they minimise is ``objective``.
 
 With ``--in init=URI`` (a model stage's output: retraining from the champion) training starts
 from that model's weights instead of random ones; it must have this variant's shapes and
@@ -94,7 +95,8 @@ def run(ctx: StageContext[PretrainConfig]) -> dict:
         "cpu_matmul_peak_gflops": round(throughput.peak_flops / 1e9, 2) if device.type == "cpu" else None,
         "codistill": _codistill_mode(ctx),
         "init": ctx.inputs.get("init", ""),
-        **training_summary(history),
+        **training_summary(history),  # a co-distilled student's losses are next-token, comparable with the teacher's
+        "final_objective": round(history.objective_losses[-1], 4) if history.objective_losses else None,
     }
 
 

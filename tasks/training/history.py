@@ -10,14 +10,17 @@ from dataclasses import dataclass, field
 @dataclass
 class History:
     steps: list[int] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # next-token loss
+    objective_losses: list[float] = field(default_factory=list)  # what the optimiser saw, when a mix (co-distillation)
     load_sum: list[list[float]] | None = None  # summed per-layer expert shares, averaged at the end
     load_count: int = 0
     tokens_by_language: Counter = field(default_factory=Counter)
     tokens_per_second: list[float] = field(default_factory=list)
     mfu: list[float] = field(default_factory=list)
 
-    def record(self, step: int, loss: float, languages: Counter) -> None:
+    def record(self, step: int, loss: float, languages: Counter, objective: float | None = None) -> None:
         self.steps.append(step)
         self.losses.append(loss)
+        if objective is not None:
+            self.objective_losses.append(objective)
         self.tokens_by_language.update(languages)

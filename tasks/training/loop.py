@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # The objective: (out_model, targets, batch, rows, step) -> (loss, metrics); see train().
 Objective = Callable[[Output, torch.Tensor, Batch, slice, int], tuple[torch.Tensor, dict[str, float]]]
+# The metric in which an objective that mixes the next-token loss with other terms (co-distillation) reports that
+# part: the run logs it as ``loss``, as a plain run does, and the mix as ``objective``.
+NEXT_TOKEN_LOSS = "next_token_loss"
 
 
 def new_model(model_config: ModelConfig, config: PretrainConfig) -> Llama4:
@@ -80,7 +83,9 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
 
     ``objective(out_model, targets, batch, rows, step) -> (loss, metrics)`` is the model loss
     before router balance: next-token cross-entropy by default, co-distillation or a
-    post-training loss otherwise. ``rows`` selects this rank's rows of ``batch``.
+    post-training loss otherwise. ``rows`` selects this rank's rows of ``batch``. When
+    ``metrics`` hold :data:`NEXT_TOKEN_LOSS`, the logged and recorded ``loss`` is that, and
+    the loss the optimiser saw is logged as ``objective`` (``History.objective_losses``).
     """
     device, dtype = device_and_dtype(config)
 
@@ -112,8 +117,11 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
             out_model = engine(tokens[:, :-1])
         lm_loss, extra_metrics = objective(out_model, tokens[:, 1:], batch, rows, step)
         grad_norm = engine.backward_and_step(balanced_loss(lm_loss, out_model.aux_loss, config))
-        done, loss = step + 1, lm_loss.item()
-        trainer.history.record(step, loss, batch.languages)
+        done, loss, mixed = step + 1, lm_loss.item(), None
+        if NEXT_TOKEN_LOSS in extra_metrics:
+            mixed, loss = loss, extra_metrics.pop(NEXT_TOKEN_LOSS)
+            extra_metrics["objective"] = mixed
+        trainer.history.record(step, loss, batch.languages, objective=mixed)
         logs = done % config.log_every == 0 or done == config.steps
         metrics = {"loss": loss, "aux_loss": out_model.aux_loss.item(), "grad_norm": grad_norm,
                    **{f"lr/{group['name']}": group["lr"] for group in engine.param_groups},

@@ -15,9 +15,13 @@ def log_training_reports(ctx, history: History, title: str) -> None:
 
     def loss_curve(figure):
         axes = figure.add_subplot()
-        axes.plot(history.steps, history.losses)
+        axes.plot(history.steps, history.losses, label="next-token loss")
+        if history.objective_losses:  # co-distillation: the mix with the teacher's KL, which is not the same curve
+            axes.plot(history.steps[-len(history.objective_losses):], history.objective_losses,
+                      label="objective (next-token loss mixed with the teacher's KL)")
+            axes.legend()
         axes.set_xlabel("step")
-        axes.set_ylabel("next-token loss")
+        axes.set_ylabel("loss" if history.objective_losses else "next-token loss")
         axes.set_title(title)
 
     ctx.tracker.log_plot("loss.png", loss_curve)

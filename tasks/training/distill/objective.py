@@ -20,6 +20,7 @@ from herd.stages.codistill import CodistillConfig
 from tasks.model.llama4 import Output
 from tasks.training.batch import Batch
 from tasks.training.distill.losses import TeacherTargets, codistill_loss
+from tasks.training.loop import NEXT_TOKEN_LOSS
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -102,8 +103,11 @@ class CodistillObjective:
         token_weights = None if batch.weights is None else batch.weights[rows].to(targets.device)
         parts = codistill_loss(out_model.logits, targets, teacher, self.config, step, self.total_steps, token_weights)
         weight = self.weight_log.record(step, parts.weights_BS)
-        means = [parts.ce_BS.mean(), parts.kl_BS.mean()]
-        names = ["codistill/ce", "codistill/kl"]
+        # The loss a plain run would log, weighted as its loss is: the run's ``loss``, the mix its ``objective``.
+        next_token = parts.ce_BS.mean() if token_weights is None else \
+            (parts.ce_BS * token_weights).sum() / token_weights.to(parts.ce_BS).sum()
+        means = [next_token, parts.ce_BS.mean(), parts.kl_BS.mean()]
+        names = [NEXT_TOKEN_LOSS, "codistill/ce", "codistill/kl"]
         if parts.signals is not None:
             means += [s.mean() for s in parts.signals]
             names += ["codistill/teacher_confidence", "codistill/label_hardness", "codistill/student_gap"]
