@@ -140,11 +140,11 @@ def export(model: Llama4, folder: Path, bos_id: int | None = None, eos_id: int |
 def export_weights(state: Mapping[str, torch.Tensor], config: ModelConfig, folder: Path, bos_id: int | None = None,
                    eos_id: int | None = None, pad_id: int | None = None,
                    max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
-    """Write ``state`` (our names) as a Hugging Face folder, reading each tensor once, one shard in memory at most.
+    """Write ``state`` (our names) as a Hugging Face folder, reading each tensor once and converting it as it goes.
 
-    ``state`` may read its tensors lazily (a ``safe_open`` over a checkpoint): nothing is
-    held beyond the shard being filled. A tensor larger than ``max_shard_bytes`` gets a
-    shard of its own.
+    ``state`` may read its tensors lazily (a mapping over ``safe_open`` of a checkpoint):
+    nothing is held beyond the shard being filled and the tensor just read. A tensor larger
+    than ``max_shard_bytes`` gets a shard of its own.
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
@@ -174,9 +174,9 @@ def export_weights(state: Mapping[str, torch.Tensor], config: ModelConfig, folde
         save_file(biases, str(folder / SELECTION_BIAS), metadata={"format": "pt"})
     written_config = hf_config(config, bos_id, eos_id, pad_id)
     if any(bool(bias.abs().sum() > 0) for bias in biases.values()):
-        written_config["herd_warning"] = (f"trained with an aux-loss-free selection bias ({SELECTION_BIAS}) that transformers' "
-                              "router ignores: transformers routes tokens differently from the trained model; "
-                              "tasks.model.hf.load applies it")
+        written_config["herd_warning"] = (
+            f"trained with an aux-loss-free selection bias ({SELECTION_BIAS}) that transformers' router ignores: "
+            "transformers routes tokens differently from the trained model; tasks.model.hf.load applies it")
     (folder / "config.json").write_text(json.dumps(written_config, indent=2) + "\n")
     return folder
 
