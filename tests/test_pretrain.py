@@ -69,6 +69,12 @@ def test_killed_run_resumes_to_the_same_weights(tokens, tmp_path):
     assert expected.keys() == resumed.keys()
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
+    # The reports cover the steps before the resume too: the history came back with the checkpoint.
+    first, again = (json.loads((out / "step.json").read_text())["metrics"] for out in (straight, killed_out))
+    assert (again["first_loss"], again["final_loss"], again["languages_seen"]) == (
+        first["first_loss"], first["final_loss"], first["languages_seen"])
+    for report in ("tokens_by_language.csv", "expert_load.csv"):
+        assert (killed_out / "reports" / report).read_text() == (straight / "reports" / report).read_text(), report
 
 
 def test_windows_are_a_function_of_the_step(tokens):

@@ -99,12 +99,16 @@ def test_stages_read_and_write_s3(s3, s3_server, udhr_subset, herd_home):
 
     # A retry on a fresh machine finds its checkpoints only on S3: it resumes from the last one.
     weights = s3.get_object(Bucket="herd", Key=f"{pre_prefix}/model.safetensors")["Body"].read()
+    first_summary = json.loads(s3.get_object(Bucket="herd", Key=f"{pre_prefix}/step.json")["Body"].read())["metrics"]
     s3.delete_object(Bucket="herd", Key=f"{pre_prefix}/_SUCCESS")
     retried = herd("stage", "pretrain", "--variant", "scout", "--run", "s3c", "--in", f"tokens={tok}", "--out", root,
                    "--set", "pretrain.steps=4", "--set", "pretrain.seq_len=32", "--set", "pretrain.batch_size=2",
                    "--set", "pretrain.checkpoint_every=2", "--set", "codistill.scheme=none", env=s3_server)
     assert output_of(retried) == pre and "resuming from step-00000004 at step 4" in retried.stderr
     assert s3.get_object(Bucket="herd", Key=f"{pre_prefix}/model.safetensors")["Body"].read() == weights
+    # Nothing left to train, yet the summary covers the run: its history came from the checkpoint.
+    summary = json.loads(s3.get_object(Bucket="herd", Key=f"{pre_prefix}/step.json")["Body"].read())["metrics"]
+    assert summary["first_loss"] is not None and summary["first_loss"] == first_summary["first_loss"]
 
     again = herd("stage", "datamix", "--run", "s3b", "--in", "corpus=s3://herd/raw", "--out", root, env=s3_server)
     assert output_of(again) == mix and "skipping" in again.stderr

@@ -237,11 +237,13 @@ def test_run_sft_prunes_trains_on_assistant_tokens_and_reports(tokenizer, tokeni
     assert {r["capability"] for r in counts} <= set(CAPABILITIES)
     assert json.loads((tmp_path / "reports" / "sft_examples.json").read_text())["bucket_0"]["dropped"]
 
-    # Run again in the same folder: the saved scores and the final checkpoints stand, nothing retrains.
+    # Run again in the same folder: the saved scores and the final checkpoints stand, nothing retrains (no step
+    # logs a metric), and the history of the first run comes back with its checkpoint for the reports.
     saved = (tmp_path / SCORES).read_text()
-    again, history = run_sft(tiny_model(vocab, seed=0, **WIDE),
-                             None if config.judge == "student_loss" else tiny_model(vocab, 5, **WIDE),
-                             problems_dir, tokenizer_dir, config, 0.5, tmp_path, lambda step, m: None,
-                             lambda name, draw: None)
-    assert history.steps == [] and (tmp_path / SCORES).read_text() == saved
+    logged = []
+    again, again_history = run_sft(tiny_model(vocab, seed=0, **WIDE),
+                                   None if config.judge == "student_loss" else tiny_model(vocab, 5, **WIDE),
+                                   problems_dir, tokenizer_dir, config, 0.5, tmp_path,
+                                   lambda step, m: logged.append(step), lambda name, draw: None)
+    assert logged == [] and again_history == history and (tmp_path / SCORES).read_text() == saved
     assert again["kept"] == summary["kept"] and again["pruned_hard_loss"] == summary["pruned_hard_loss"]

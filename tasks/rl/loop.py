@@ -120,7 +120,7 @@ def run_rl(policy: Llama4, reference: Llama4 | None, problems: Sequence[Problem]
     trainer = GRPOTrainer(policy, reference, config, pad_id=renderer.eot_id)
     totals = Counter()
     version = 0
-    start = trainer.engine.resume(workdir, remote)
+    start = trainer.engine.resume(workdir, remote).step
     if start:
         state = load_state(workdir, start, remote)
         pool.load_state_dict(state["pool"])

@@ -225,19 +225,22 @@ def localize(uri: str, scratch: Path, include=lambda relative: True) -> Path:
     return scratch
 
 
+def upload(path: Path, uri: str) -> None:
+    """One local file to ``uri`` (an S3 object, or a local path)."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        _s3_call("upload", uri, _s3().upload_file, str(path), bucket, key)
+    else:
+        dest = local_path(uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+
+
 def upload_tree(local_dir: Path, uri: str, skip: set[str] = frozenset()) -> None:
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         relative = path.relative_to(local_dir).as_posix()
-        if relative in skip:
-            continue
-        target = join(uri, relative)
-        if is_s3(target):
-            bucket, key = _split_s3(target)
-            _s3_call("upload", target, _s3().upload_file, str(path), bucket, key)
-        else:
-            dest = local_path(target)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dest)
+        if relative not in skip:
+            upload(path, join(uri, relative))
 
 
 def iter_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[bytes | None]:

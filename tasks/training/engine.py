@@ -4,7 +4,10 @@
 parallel over the ranks torchrun starts (gloo on the CPU, NCCL on GPUs), with the
 optimiser state sharded by ZeRO. Both take the same AdamW parameter groups (one per µP
 role) and the same LR schedule, and both checkpoint to safetensors: DeepSpeed's own
-checkpoints are pickles, which herd never loads from an artifact.
+checkpoints are pickles, which herd never loads from an artifact. DeepSpeed's optimizer
+state is saved in pieces, each rank its own ranges of every parameter (:mod:`.shards`),
+and a resume on another number of ranks, ZeRO stage or expert split reads the ranges it
+holds now.
 
 With ``expert_parallel_size`` P > 1 (ZeRO-3 only), each group of P consecutive ranks splits
 every MoE layer's routed experts (``tasks/model/parallelize.py``), and ZeRO-3 partitions each
@@ -15,19 +18,22 @@ they are gathered to save and sliced again to resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from herd.stages.training import TrainingConfig
 from tasks.model import parallelize
-from tasks.training import checkpoint
+from tasks.training import checkpoint, shards
 from tasks.runtime import storage
 
 log = logging.getLogger(__name__)
@@ -78,16 +84,16 @@ class PlainEngine:
     def finish(self) -> None:
         """The model already holds every weight."""
 
-    def save(self, out: Path, step: int, remote: str | None) -> Path:
-        return checkpoint.save(out, step, self.module, self.optimizer, self.scheduler, remote)
+    def save(self, out: Path, step: int, remote: str | None, documents: dict[str, Any] | None = None) -> Path:
+        return checkpoint.save(out, step, self.module, self.optimizer, self.scheduler, remote, documents=documents)
 
-    def resume(self, out: Path, remote: str | None) -> int:
+    def resume(self, out: Path, remote: str | None) -> checkpoint.Resumed:
         found = checkpoint.latest(out, remote)
         if found is None:
-            return 0
-        step = checkpoint.restore(found, self.module, self.optimizer, self.scheduler)
-        log.info("resuming from %s at step %d", found.name, step)
-        return step
+            return checkpoint.Resumed()
+        resumed = checkpoint.restore(found, self.module, self.optimizer, self.scheduler)
+        log.info("resuming from %s at step %d", found.name, resumed.step)
+        return resumed
 
 
 class DeepSpeedEngine:
@@ -171,82 +177,154 @@ class DeepSpeedEngine:
             setattr(self.module.get_submodule(owner), leaf,
                     torch.nn.Parameter(weights[name].to(param.device), requires_grad=param.requires_grad))
 
-    def save(self, out: Path, step: int, remote: str | None) -> Path:
-        """Full weights from rank 0, each rank's optimizer shard beside them, the marker last."""
+    def save(self, out: Path, step: int, remote: str | None, documents: dict[str, Any] | None = None) -> Path:
+        """Each rank's optimizer shard; the full weights, the index and ``documents`` from rank 0; the marker once
+        every file is there.
+
+        Without ``remote`` the ranks share ``out`` (one machine or a shared disk). With one, each
+        rank works in its own ``out`` and uploads the files it wrote; rank 0 writes the marker only
+        after every rank has: a checkpoint missing a shard is never taken for a complete one.
+        """
         import torch.distributed as dist
 
-        root = out / "checkpoints"
-        final, partial = root / f"step-{step:08d}", root / f".step-{step:08d}.partial"
-        weights = self._full_state_dict()  # a collective under ZeRO-3: every rank takes part
+        final, partial = checkpoint.folders(out, step)
+        weights = self._full_state_dict()  # a collective under ZeRO-3 or expert parallelism
+        pieces = self._pieces() if self.config.zero_stage or self.rank == 0 else []  # ZeRO-0: each rank holds all
+        described: list[list[dict] | None] = [None] * self.world_size
+        dist.all_gather_object(described, shards.describe(pieces))
+        adam_step = self._adam_step()  # the same on every rank, or it raises
+        target = checkpoint.remote_folder(remote, final.name) if remote else None
         if self.rank == 0:
+            if target:  # a checkpoint of this step left by an earlier attempt is not complete until this one is
+                storage.delete(storage.join(target, checkpoint.COMPLETE))
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(partial / "model.safetensors"))
         dist.barrier()
-        save_file(self._optimizer_tensors(), str(partial / f"optimizer-rank{self.rank}.safetensors"))
-        dist.barrier()
+        partial.mkdir(parents=True, exist_ok=True)  # with a remote: this rank's own folder
+        mine = partial / shards.shard_name(self.rank)
+        shards.write(mine, pieces)
+        written = [mine]
         if self.rank == 0:
-            state = {"step": step, "world_size": self.world_size, "zero_stage": self.config.zero_stage,
-                     "expert_parallel_size": self.config.expert_parallel_size,
-                     "lrs": [group["lr"] for group in self.optimizer.param_groups]}
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(partial / "model.safetensors"))
+            index = shards.make_index({shards.shard_name(r): entries for r, entries in enumerate(described)})
+            (partial / "index.json").write_text(json.dumps(index))
+            state = {"engine": "deepspeed", "step": step, "world_size": self.world_size,
+                     "zero_stage": self.config.zero_stage, "expert_parallel_size": self.config.expert_parallel_size,
+                     "adam_step": adam_step, "lrs": [group["lr"] for group in self.optimizer.param_groups],
+                     "documents": checkpoint.write_documents(partial, documents or {})}
             (partial / "state.json").write_text(json.dumps(state, indent=2))
-            checkpoint.publish(partial, final, step, remote)
+            written += [partial / "model.safetensors", partial / "index.json", partial / "state.json"]
+            written += [partial / f"{key}.json" for key in state["documents"]]
+        if target:
+            for path in written:
+                storage.upload(path, storage.join(target, path.name))
+        dist.barrier()  # every rank's files are written, and uploaded
+        if self.rank == 0:
+            checkpoint.publish(partial, final, step, remote, uploaded=True)
         dist.barrier()
+        if self.rank and remote:  # uploaded: drop this rank's copy (gone already where rank 0 shares the folder)
+            mine.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.rmdir()
         return final
 
-    def _optimizer_slots(self) -> list[list[torch.Tensor]]:
-        """Per optimizer group, the flat partitions whose AdamW state this rank holds."""
-        base = self._base_optimizer()
+    def _flat_partitions(self) -> list[torch.Tensor]:
+        """The tensors AdamW steps on this rank, each with its own state: ZeRO's flat fp32 partitions, or the
+        parameters themselves without ZeRO."""
         if self.config.zero_stage == 3:
-            # ZeRO-3 puts a sub-group's flat partition into its optimizer group only while stepping it.
-            owner = self.optimizer.sub_group_to_group_id
-            flats = self.optimizer.fp32_partitioned_groups_flat
-            return [[flat for i, flat in enumerate(flats) if owner[i] == g] for g in range(len(base.param_groups))]
-        return [list(group["params"]) for group in base.param_groups]
+            return list(self.optimizer.fp32_partitioned_groups_flat)
+        if self.config.zero_stage in (1, 2):
+            return list(self.optimizer.single_partition_of_fp32_groups)
+        return [param for group in self._base_optimizer().param_groups for param in group["params"]]
 
-    def _optimizer_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {}
-        base = self._base_optimizer()
-        for g, params in enumerate(self._optimizer_slots()):
-            for p, param in enumerate(params):
-                for key, value in base.state.get(param, {}).items():
-                    if torch.is_tensor(value):
-                        tensors[f"g{g}.p{p}.{key}"] = value.detach().reshape(-1).contiguous().clone()
-        return tensors
-
-    def resume(self, out: Path, remote: str | None) -> int:
+    def _adam_step(self) -> float:
+        """AdamW's step count: one for every partition of every rank."""
         import torch.distributed as dist
 
-        found = checkpoint.latest(out, remote) if self.rank == 0 else None
-        # Rank 0 finds (and, from S3, fetches) the checkpoint; the others read the same folder.
-        shared = [str(found) if found else ""]
-        dist.broadcast_object_list(shared, src=0)
-        if not shared[0]:
-            return 0
-        found = Path(shared[0])
-        state = json.loads((found / "state.json").read_text())
-        # The optimizer shards follow the layout: ranks, ZeRO stage and expert split must be the same.
-        written = (state["world_size"], state["zero_stage"], state.get("expert_parallel_size", 1))
-        this_run = (self.world_size, self.config.zero_stage, self.config.expert_parallel_size)
-        if written != this_run:
-            raise ValueError(f"checkpoint {found} was written by {written[0]} ranks at ZeRO stage {written[1]} with "
-                             f"{written[2]}-way expert parallelism; this run has {this_run[0]} at stage "
-                             f"{this_run[1]} with {this_run[2]}")
-        shard = found / f"optimizer-rank{self.rank}.safetensors"
-        if not shard.exists() and remote:
-            storage.download(storage.join(remote, "checkpoints", found.name, shard.name), shard)
-        self._load_weights(load_file(str(found / "model.safetensors")))
-        base, saved = self._base_optimizer(), load_file(str(shard))
-        for g, params in enumerate(self._optimizer_slots()):
-            for p, param in enumerate(params):
-                for key in ("exp_avg", "exp_avg_sq", "step"):
-                    name = f"g{g}.p{p}.{key}"
-                    if name in saved:
-                        value = saved[name]
-                        base.state[param][key] = value.reshape(()) if key == "step" else value.view_as(param).clone()
+        base = self._base_optimizer()
+        counts = {float(base.state[flat]["step"]) for flat in self._flat_partitions() if "step" in base.state[flat]}
+        if len(counts) != 1:
+            raise RuntimeError(f"rank {self.rank}: AdamW's partitions have taken different numbers of steps: {counts}")
+        count = counts.pop()
+        extremes = torch.tensor([count, -count], dtype=torch.float64)
+        dist.all_reduce(extremes, op=dist.ReduceOp.MAX)  # the largest count and minus the smallest
+        if extremes[0] != -extremes[1]:
+            raise RuntimeError(f"the ranks' AdamW step counts differ: {-extremes[1].item()} to {extremes[0].item()}")
+        return count
+
+    def _pieces(self) -> list[shards.Piece]:
+        """This rank's ranges of every parameter's fp32 master weight and AdamW moments, as views to save or fill.
+
+        ZeRO-3 holds a parameter's range ``[rank * size, (rank + 1) * size)`` in its partition
+        group, at ``grad_position`` of a flat partition; ZeRO-1/2 map each parameter to its
+        range of this rank's flat partition (``_hp_mapping``, what DeepSpeed's own universal
+        checkpoints read); without ZeRO each rank holds every parameter whole. A sharded expert
+        weight is this rank's experts of the full one: its ranges move by the experts before them.
+        """
+        import torch.distributed as dist
+
+        base, opt = self._base_optimizer(), self.optimizer
+        experts = {f"{prefix}.{leaf}": module
+                   for prefix, module in parallelize.sharded(self.module).items() for leaf in ("gate_up", "down")}
+        found = []  # (name, shape, start, flat tensor, offset in it, numel)
+        if self.config.zero_stage == 3:
+            for name, param in self.module.named_parameters():
+                group, offset, size = opt.grad_position[opt.get_param_id(param)]
+                start = dist.get_rank(group=param.ds_process_group) * size
+                numel = min(size, param.ds_numel - start)  # the last partition is padded
+                flat = opt.fp32_partitioned_groups_flat[group]
+                found.append((name, tuple(param.ds_shape), start, flat, offset, numel))
+        elif self.config.zero_stage in (1, 2):
+            names = {id(param): name for name, param in self.module.named_parameters()}
+            for params, flat in zip(opt.bit16_groups, opt.single_partition_of_fp32_groups):
+                for param in params:
+                    if param._hp_mapping is not None:  # None: no element of it in this rank's partition
+                        mapping = param._hp_mapping
+                        found.append((names[id(param)], tuple(param.shape), mapping.lp_fragment_address.start, flat,
+                                      mapping.hp_fragment_address.start, mapping.hp_fragment_address.numel))
+        else:
+            found = [(name, tuple(param.shape), 0, param, 0, param.numel())
+                     for name, param in self.module.named_parameters()]
+        pieces = []
+        for name, shape, start, flat, offset, numel in found:
+            if numel <= 0:
+                continue
+            if name in experts:
+                module = experts[name]
+                start += module.rank * math.prod(shape)
+                shape = (shape[0] * module.ranks, *shape[1:])
+            state = base.state[flat]
+            slots = {"fp32": flat.data.view(-1), "exp_avg": state["exp_avg"].view(-1),
+                     "exp_avg_sq": state["exp_avg_sq"].view(-1)}
+            pieces.append(shards.Piece(name, shape, start, {k: v.narrow(0, offset, numel) for k, v in slots.items()}))
+        return pieces
+
+    def resume(self, out: Path, remote: str | None) -> checkpoint.Resumed:
+        """Continue from the newest complete checkpoint, whatever ranks, ZeRO stage and expert split wrote it."""
+        import torch.distributed as dist
+
+        newest = [checkpoint.newest(out, remote) if self.rank == 0 else None]
+        dist.broadcast_object_list(newest, src=0)  # rank 0 decides, so that every rank loads the same one
+        if newest[0] is None:
+            return checkpoint.Resumed()
+        found = newest[0]
+        with checkpoint.files_of(out, found, remote, self.rank) as path_of:
+            state = json.loads(path_of("state.json").read_text())
+            if state.get("engine") != "deepspeed":
+                raise ValueError(f"checkpoint {found} under {remote or out} was not written by this version of the "
+                                 f"deepspeed engine ({state.get('engine', 'an older format')}): resume it with the "
+                                 "engine that wrote it, or remove it to start again")
+            self._load_weights(load_file(str(path_of("model.safetensors"))))
+            base = self._base_optimizer()
+            for flat in self._flat_partitions():  # AdamW's state as its first step makes it, filled from the pieces
+                base.state[flat] = {"step": torch.tensor(state["adam_step"], dtype=torch.float32),
+                                    "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
+            shards.read(json.loads(path_of("index.json").read_text()), self._pieces(), path_of)
+            documents = checkpoint.read_documents(state, path_of)
         self.step_count = int(state["step"])
-        log.info("resuming from %s at step %d (%d ranks)", found.name, self.step_count, self.world_size)
-        return self.step_count
+        log.info("resuming from %s at step %d (%d ranks, from a checkpoint of %d)", found, self.step_count,
+                 self.world_size, state["world_size"])
+        return checkpoint.Resumed(self.step_count, documents)
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         if self.experts:

@@ -1,10 +1,11 @@
 """What a training run leaves behind for its reports: the loss per step, the tokens per language, the expert load,
-throughput and MFU."""
+throughput and MFU. It is saved with every checkpoint (as JSON) and restored with it, so that the reports of a
+resumed run cover the steps before the resume too."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -24,3 +25,14 @@ class History:
         if objective is not None:
             self.objective_losses.append(objective)
         self.tokens_by_language.update(languages)
+
+    def to_json(self) -> dict:
+        """Plain JSON; floats survive the round trip exactly."""
+        return asdict(self) | {"tokens_by_language": dict(self.tokens_by_language)}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> History:
+        unknown = set(saved) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"saved training history has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**saved | {"tokens_by_language": Counter(saved.get("tokens_by_language", {}))})

@@ -102,10 +102,13 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
             fp8 = None
     engine = make_engine(model, param_groups(model, config, mult), config, lambda step: lr_factor(step, config),
                          bf16=False, device=device, prepare=fp8)
-    start = engine.resume(out, remote)
+    resumed = engine.resume(out, remote)
+    start = resumed.step
     if start:
         log.info("%s: resuming at step %d", label, start)
-    trainer = Trainer(engine, config, History(), label, start)
+    # The history of the steps before the checkpoint comes with it: the reports cover the whole run.
+    history = History.from_json(resumed.documents["history"]) if "history" in resumed.documents else History()
+    trainer = Trainer(engine, config, history, label, start)
     hooks = callbacks(config, on_metrics, throughput, out, remote)
     for hook in hooks:
         hook.pre_train(trainer)

@@ -1,4 +1,5 @@
-"""Checkpoint cadence: the engine saves every ``checkpoint_every`` steps and at the last, where a retry resumes."""
+"""Checkpoint cadence: the engine saves every ``checkpoint_every`` steps and at the last, where a retry resumes; the
+history so far goes with it, so that a resumed run reports on every step."""
 
 from __future__ import annotations
 
@@ -16,5 +17,5 @@ class Checkpointer(Callback):
 
     def post_step(self, trainer: Trainer, step: Step) -> None:
         if step.done % trainer.config.checkpoint_every == 0 or step.done == trainer.config.steps:
-            saved = trainer.engine.save(self.out, step.done, self.remote)
+            saved = trainer.engine.save(self.out, step.done, self.remote, {"history": trainer.history.to_json()})
             log.info("%s: step %d, loss %.4f, checkpoint %s", trainer.label, step.done, step.loss, saved.name)
