@@ -9,7 +9,7 @@ with chunked local attention.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 from pydantic import Field, model_validator
 
@@ -36,6 +36,12 @@ class ModelConfig(StageConfig):
     dense_ffn_dim: int = Field(1024, gt=0, description="Width of the FFN on layers without MoE.")
     n_experts: int = Field(4, gt=0)
     top_k: int = Field(1, gt=0)
+    capacity_factor: float | None = Field(
+        None, gt=0, description="Each expert takes at most ceil(factor * routed rows / n_experts) rows of a "
+                                "training batch; null: no capacity, every row is kept.")
+    over_capacity: Literal["drop", "keep"] = Field(
+        "drop", description="Rows past an expert's capacity: dropped (the token keeps its shared expert) or kept; "
+                            "counted either way.")
     moe_every: int = Field(1, gt=0, description="1: every layer is MoE (Scout); 2: dense and MoE alternate (Maverick).")
     nope_every: int = Field(4, gt=0)
     chunk_size: int = Field(64, gt=0, description="Attention chunk of the RoPE layers.")
@@ -56,6 +62,8 @@ class ModelConfig(StageConfig):
             raise ValueError(f"top_k ({self.top_k}) exceeds n_experts ({self.n_experts})")
         if self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
+        if self.over_capacity == "keep" and self.capacity_factor is None:
+            raise ValueError("over_capacity 'keep' counts the rows past a capacity: set capacity_factor too")
         return self
 
     def is_moe(self, layer: int) -> bool:

@@ -38,6 +38,7 @@ CASES = {
     "scout-style": (_tiny(nano()), False),                  # 4 experts on every layer: 2 per rank
     "maverick-style": (_tiny(nano_maverick()), False),      # 8 experts on every other layer: 4 per rank
     "top-2, checkpointed": (_tiny(nano(), top_k=2), True),  # rows to both ranks; the recompute talks too
+    "top-2, over capacity": (_tiny(nano(), top_k=2, capacity_factor=0.75), False),  # dropped rows stay home
 }
 
 

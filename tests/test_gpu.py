@@ -118,3 +118,56 @@ def test_fp8_training_stays_within_two_percent_of_bf16(tmp_path):
     assert final["bf16"] < 2.5, final  # it learnt the chain (ln 1024 = 6.9 at the start, ln 4 = 1.39 at best)
     assert abs(final["fp8"] - final["bf16"]) / final["bf16"] < 0.02, final
 
+
+
+def test_routed_experts_are_one_bf16_grouped_matmul_equal_to_one_matmul_per_expert():
+    import torch.nn.functional as F
+
+    from tasks.model.llama4 import Experts
+
+    torch.manual_seed(0)
+    experts = Experts(8, 256, 512).cuda()
+    for param in experts.parameters():
+        torch.nn.init.normal_(param, std=0.05)
+    counts = [40, 0, 13, 77, 1, 0, 120, 5]  # two experts get no rows
+    rows = torch.randn(sum(counts), 256, device="cuda", requires_grad=True)
+    grad_out = torch.randn(sum(counts), 256, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = experts(rows, torch.tensor(counts, device="cuda"))
+    out.backward(grad_out.to(out.dtype))
+    assert out.dtype == torch.bfloat16 and experts.gate_up.grad.dtype == torch.float32
+
+    gate_up, down, ref_rows = (t.detach().clone().requires_grad_() for t in (experts.gate_up, experts.down, rows))
+    outputs = []
+    for e, part in enumerate(torch.split(ref_rows, counts)):  # fp32, one matmul per expert
+        gate, up = (part @ gate_up[e]).chunk(2, dim=-1)
+        outputs.append((F.silu(gate) * up) @ down[e])
+    expected = torch.cat(outputs)
+    expected.backward(grad_out)
+    # bf16 operands (8 bits of mantissa), fp32 accumulation: within 1% of the fp32 result's norm.
+    for ours, theirs in ((out, expected), (rows.grad, ref_rows.grad), (experts.gate_up.grad, gate_up.grad),
+                         (experts.down.grad, down.grad)):
+        assert (ours.float() - theirs).norm() < 1e-2 * theirs.norm()
+    assert not experts.gate_up.grad[[1, 5]].any() and not experts.down.grad[[1, 5]].any()
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 0.75])
+def test_a_moe_layer_trains_without_waiting_for_the_host(capacity_factor):
+    from tasks.model.llama4 import MoE
+
+    torch.manual_seed(0)
+    moe = MoE(nano().model_copy(update={"n_experts": 8, "top_k": 2, "capacity_factor": capacity_factor})).cuda()
+    for param in moe.parameters():
+        torch.nn.init.normal_(param, std=0.05)
+    x = torch.randn(4, 128, moe.router.in_features, device="cuda", requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a wait for the device raises
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out, stats = moe(x)
+        (out.float().square().mean() + stats.aux_loss).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(x.grad).all() and moe.experts.gate_up.grad.abs().sum() > 0
+    if capacity_factor is not None:
+        assert int(stats.over_capacity) > 0

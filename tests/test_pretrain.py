@@ -112,6 +112,35 @@ def test_aux_loss_free_balancing_moves_the_selection_bias_and_warns_on_export(to
     assert "selection bias" in exported["herd_warning"]
 
 
+class _RandomTokens:
+    def batch(self, step: int):
+        from collections import Counter
+
+        from tasks.training.batch import Batch
+
+        return Batch(torch.randint(0, 512, (2, 33), generator=torch.Generator().manual_seed(step)), Counter())
+
+
+@pytest.mark.parametrize("over_capacity, logged", [("drop", "router/dropped_tokens"),
+                                                   ("keep", "router/over_capacity_tokens")])
+def test_rows_past_the_expert_capacity_are_counted_in_every_logged_step(over_capacity, logged, tmp_path):
+    from herd.model import nano
+    from tasks.training.loop import new_model, train
+
+    config = load_config("nano", {"pretrain.steps": 2, "pretrain.seq_len": 32, "pretrain.batch_size": 2,
+                                  "pretrain.log_every": 1, "pretrain.checkpoint_every": 100}).pretrain
+    # 128 rows a layer (64 tokens, top 2) for 4 experts that take 16 each: at least 64 over, in each of 4 layers.
+    model_config = nano().model_copy(update={"vocab_size": 512, "top_k": 2, "capacity_factor": 0.5,
+                                             "over_capacity": over_capacity})
+    steps: dict[int, dict] = {}
+    history = train(new_model(model_config, config), config, _RandomTokens(), tmp_path,
+                    lambda step, metrics: steps.update({step: metrics}))
+    assert sorted(steps) == [1, 2] and all(torch.isfinite(torch.tensor(history.losses)))
+    other = ({"router/dropped_tokens", "router/over_capacity_tokens"} - {logged}).pop()
+    for metrics in steps.values():
+        assert 4 * 64 <= metrics[logged] <= 4 * 128 and other not in metrics
+
+
 def test_mup_scales_hidden_and_output_learning_rates_and_inits_with_width():
     from herd.model import nano
     from tasks.model.llama4 import Llama4

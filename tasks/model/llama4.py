@@ -5,9 +5,11 @@ Dh head width, C attention chunk, N chunks, T tokens (B*S), E experts, F expert 
 A token-to-expert assignments (T*top_k), L positions held in a key/value cache.
 
 What differs from ``transformers.Llama4ForCausalLM`` is only how the same function is
-computed: experts run on the tokens routed to them (sorted dispatch), never on all
-tokens; RoPE layers attend within chunks by reshaping, instead of masking a full S*S
-score matrix. ``tests/test_model.py`` checks the logits against transformers.
+computed: experts run on the tokens routed to them (sorted dispatch, one grouped matmul
+over all experts), never on all tokens; RoPE layers attend within chunks by reshaping,
+instead of masking a full S*S score matrix. ``tests/test_model.py`` checks the logits
+against transformers. An optional expert capacity (``ModelConfig.capacity_factor``) is
+herd's own and has no transformers counterpart; it acts in training only.
 
 ``model(tokens, cache)`` runs only the positions after those a
 :class:`~tasks.model.generate.KVCache` holds, attending to the cached keys through an
@@ -169,55 +171,43 @@ class FeedForward(nn.Module):
 
 
 class Experts(nn.Module):
-    """E SwiGLU experts in two stacked weights, laid out as transformers stores them."""
+    """E SwiGLU experts in two stacked weights, laid out (E, in, out) as transformers stores them.
+
+    Each weight is one grouped matmul over every expert (``torch._grouped_mm``): the rows come
+    sorted by expert, and the offsets that end each expert's rows are a cumulative sum on the
+    device, so the forward never waits for the host and no expert is padded to another's size.
+    On the CPU the grouped matmul is one ``mm`` per expert inside ATen, equal to the bit to a
+    Python loop of them (``tests/test_model.py``); on a GPU it is one kernel, in bf16.
+    """
 
     def __init__(self, n_experts: int, dim: int, hidden: int) -> None:
         super().__init__()
         self.gate_up = nn.Parameter(torch.empty(n_experts, dim, 2 * hidden))  # [gate | up]
         self.down = nn.Parameter(torch.empty(n_experts, hidden, dim))
 
-    # Below this many routed rows per expert, one padded batched matmul over all experts
-    # beats a loop of small matmuls (measured: bench/model_throughput.py, 16 experts, seq 256).
-    PADDED_ROWS_PER_EXPERT = 256
-    # The padded block computes E x the busiest expert's rows. A router that sends most tokens to
-    # one expert (a trained nano Behemoth sends 88-97%) would make that 14x the real work, so
-    # beyond this much padding the loop is cheaper (measured: 6.5x less CPU on such a batch).
-    MAX_PADDED_WORK = 2
+    def forward(self, routed_in_AD: torch.Tensor, tokens_per_expert_E: torch.Tensor) -> torch.Tensor:
+        """``routed_in_AD`` is sorted by expert; expert e takes the next ``tokens_per_expert_E[e]`` rows.
 
-    def forward(self, routed_in_AD: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
-        """``routed_in_AD`` is sorted by expert; expert e gets the next ``tokens_per_expert[e]`` rows."""
-        n_experts, rows = len(tokens_per_expert), routed_in_AD.shape[0]
-        if rows <= self.PADDED_ROWS_PER_EXPERT * n_experts \
-                and n_experts * max(tokens_per_expert, default=0) <= self.MAX_PADDED_WORK * rows:
-            return self._padded(routed_in_AD, tokens_per_expert)
-        return self._looped(routed_in_AD, tokens_per_expert)
-
-    def _padded(self, routed_in_AD: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
-        """Rows scattered into an (E, C, D) block, C the busiest expert's count; two bmm; gathered back.
-
-        Padding rows are zero and get zero gradient, so the result equals the loop's.
+        Rows after the last expert's belong to none: their output is undefined, and the
+        caller masks them (:class:`MoE` does, for tokens over capacity).
         """
-        counts_E = torch.tensor(tokens_per_expert, device=routed_in_AD.device)
-        capacity = max(tokens_per_expert)
-        expert_A = torch.repeat_interleave(torch.arange(len(tokens_per_expert), device=counts_E.device), counts_E)
-        slot_A = torch.arange(routed_in_AD.shape[0], device=counts_E.device) - (counts_E.cumsum(0) - counts_E)[expert_A]
-        padded_ECD = routed_in_AD.new_zeros(len(tokens_per_expert), capacity, routed_in_AD.shape[-1])
-        padded_ECD = padded_ECD.index_put((expert_A, slot_A), routed_in_AD)
-        gate_ECF, up_ECF = torch.bmm(padded_ECD, self.gate_up).chunk(2, dim=-1)
-        out_ECD = torch.bmm(F.silu(gate_ECF) * up_ECF, self.down)
-        return out_ECD[expert_A, slot_A]
+        offsets_E = tokens_per_expert_E.cumsum(0).to(torch.int32)
+        gate_AF, up_AF = grouped_mm(routed_in_AD, self.gate_up, offsets_E).chunk(2, dim=-1)
+        return grouped_mm(F.silu(gate_AF) * up_AF, self.down, offsets_E)
 
-    def _looped(self, routed_in_AD: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
-        # unbind once: indexing the stacked parameter per expert would make backward build
-        # one full-size gradient per expert and sum them, E times the memory traffic.
-        gate_up_EDF2, down_EFD = self.gate_up.unbind(0), self.down.unbind(0)
-        outputs = []
-        for expert, rows_GD in enumerate(torch.split(routed_in_AD, tokens_per_expert)):
-            if rows_GD.shape[0] == 0:
-                continue
-            gate_GF, up_GF = (rows_GD @ gate_up_EDF2[expert]).chunk(2, dim=-1)
-            outputs.append((F.silu(gate_GF) * up_GF) @ down_EFD[expert])
-        return torch.cat(outputs) if outputs else routed_in_AD.new_zeros(0, self.down.shape[-1])
+
+def grouped_mm(x_AK: torch.Tensor, w_EKN: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
+    """Rows ``offsets_E[e-1]:offsets_E[e]`` of ``x_AK`` times ``w_EKN[e]``, for every expert at once.
+
+    Autocast does not reach ``torch._grouped_mm``, so its dtype is applied here: bf16 under a
+    bf16 autocast, which is also the dtype of the GPU's grouped kernel (and of FP8 training's
+    torchao kernel, which takes over this call for weights converted to its tensor subclass).
+    """
+    device = x_AK.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x_AK, w_EKN = x_AK.to(dtype), w_EKN.to(dtype)
+    return torch._grouped_mm(x_AK, w_EKN, offs=offsets_E)
 
 
 @dataclass
@@ -225,16 +215,25 @@ class RouterStats:
     """What training needs from a MoE layer besides its output: the balance loss and the load."""
 
     aux_loss: torch.Tensor
-    tokens_per_expert: torch.Tensor  # (E,), counts
+    tokens_per_expert: torch.Tensor  # (E,), the rows the router chose for each expert, capacity aside
+    over_capacity: torch.Tensor | None = None  # (), rows past their expert's capacity; None without one
 
 
 class MoE(nn.Module):
-    """Sigmoid top-k router whose score scales the expert *input*, plus an always-on shared expert."""
+    """Sigmoid top-k router whose score scales the expert *input*, plus an always-on shared expert.
+
+    With ``capacity_factor`` set, each expert takes at most ``ceil(factor * rows / E)`` rows of a
+    training batch, its tokens in batch order; the rows past that are counted and, unless
+    ``over_capacity`` is ``keep``, dropped: their token keeps its shared expert and residual.
+    Evaluation and generation keep every row, as a served model does.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.top_k = config.top_k
         self.n_experts = config.n_experts
+        self.capacity_factor = config.capacity_factor
+        self.drops = config.over_capacity == "drop"
         self.router = nn.Linear(config.dim, config.n_experts, bias=False)
         self.experts = Experts(config.n_experts, config.dim, config.ffn_dim)
         self.shared = FeedForward(config.dim, config.ffn_dim)
@@ -256,10 +255,18 @@ class MoE(nn.Module):
 
         expert_A = chosen_TK.reshape(-1)
         order_A = torch.argsort(expert_A, stable=True)
+        # scatter_add, not bincount: bincount reads its largest value back to size its output.
+        counts_E = expert_A.new_zeros(self.n_experts).scatter_add_(0, expert_A, torch.ones_like(expert_A))
+        routed_E, over, kept_A1 = counts_E, None, None
+        if self.capacity_factor is not None and self.training:
+            order_A, routed_E, over, kept_A1 = self._within_capacity(expert_A, order_A, counts_E)
         token_A = order_A // self.top_k
-        counts_E = torch.bincount(expert_A, minlength=self.n_experts)
         routed_in_AD = x_TD[token_A] * scores_TK.reshape(-1)[order_A, None]
-        routed_out_AD = self.experts(routed_in_AD, counts_E.tolist())
+        if kept_A1 is not None:  # the dropped rows come last and belong to no expert: nothing flows through them
+            routed_in_AD = torch.where(kept_A1, routed_in_AD, 0.0)
+        routed_out_AD = self.experts(routed_in_AD, routed_E)
+        if kept_A1 is not None:
+            routed_out_AD = torch.where(kept_A1, routed_out_AD, 0.0)
         out_TD = self.shared(x_TD).index_add(0, token_A, routed_out_AD)
 
         # Switch-style balance loss on normalised sigmoid scores: E * sum_e(load_e * mean_prob_e).
@@ -267,7 +274,25 @@ class MoE(nn.Module):
         probs_TE = probs_TE / probs_TE.sum(-1, keepdim=True)
         load_E = counts_E.float() / expert_A.numel()
         aux = self.n_experts * (load_E * probs_TE.mean(0)).sum()
-        return out_TD.view_as(x_BSD), RouterStats(aux, counts_E)
+        return out_TD.view_as(x_BSD), RouterStats(aux, counts_E, over)
+
+    def _within_capacity(self, expert_A: torch.Tensor, order_A: torch.Tensor, counts_E: torch.Tensor):
+        """The routing under each expert's capacity, computed on the device: (order, rows per expert, rows over, kept).
+
+        Dropping, the rows over capacity move after every kept row (a stable sort keeps the
+        rest by expert) and ``kept_A1`` marks the rows before them; keeping, only the count changes.
+        """
+        rows = expert_A.numel()
+        capacity = math.ceil(self.capacity_factor * rows / self.n_experts)
+        first_E = counts_E.cumsum(0) - counts_E
+        slot_A = torch.arange(rows, device=expert_A.device) - first_E[expert_A[order_A]]
+        over_A = slot_A >= capacity
+        over = over_A.sum()
+        if not self.drops:
+            return order_A, counts_E, over, None
+        routed_E = counts_E.clamp(max=capacity)
+        kept_A1 = (torch.arange(rows, device=expert_A.device) < routed_E.sum())[:, None]
+        return order_A[torch.argsort(over_A.byte(), stable=True)], routed_E, over, kept_A1
 
 
 class Block(nn.Module):

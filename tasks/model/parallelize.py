@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from tasks.model.llama4 import Experts, Llama4
 
@@ -60,19 +61,23 @@ class ShardedExperts(Experts):
         self.gate_up = torch.nn.Parameter(full.gate_up.detach()[mine].clone())
         self.down = torch.nn.Parameter(full.down.detach()[mine].clone())
 
-    def forward(self, routed_in_AD: torch.Tensor, tokens_per_expert: list[int]) -> torch.Tensor:
+    def forward(self, routed_in_AD: torch.Tensor, tokens_per_expert_E: torch.Tensor) -> torch.Tensor:
         P, L = self.ranks, self.local
-        send_PL = torch.tensor(tokens_per_expert, device=routed_in_AD.device).view(P, L)
+        send_PL = tokens_per_expert_E.view(P, L)
         recv_PL = torch.empty_like(send_PL)  # rows arriving from each rank for each of my experts
         dist.all_to_all_single(recv_PL, send_PL, group=self.group)
+        # The collective takes its splits on the host: expert parallelism's one wait per layer.
         send, recv = send_PL.sum(1).tolist(), recv_PL.sum(1).tolist()
-        arrived_RD = _AllToAll.apply(routed_in_AD, send, recv, self.group)  # by source rank, then expert
-        expert_R = torch.repeat_interleave(torch.arange(L, device=recv_PL.device).repeat(P), recv_PL.flatten())
+        routed = sum(send)  # the rows after these are over capacity: they stay here, as zeros
+        arrived_RD = _AllToAll.apply(routed_in_AD[:routed], send, recv, self.group)  # by source rank, then expert
+        expert_R = torch.repeat_interleave(torch.arange(L, device=recv_PL.device).repeat(P), recv_PL.flatten(),
+                                           output_size=sum(recv))
         by_expert_R = torch.argsort(expert_R, stable=True)
-        out_RD = super().forward(arrived_RD[by_expert_R], recv_PL.sum(0).tolist())
+        out_RD = super().forward(arrived_RD[by_expert_R], recv_PL.sum(0))
         back_R = torch.empty_like(by_expert_R)
         back_R[by_expert_R] = torch.arange(len(by_expert_R), device=back_R.device)
-        return _AllToAll.apply(out_RD[back_R], recv, send, self.group)
+        out_AD = _AllToAll.apply(out_RD[back_R], recv, send, self.group)
+        return F.pad(out_AD, (0, 0, 0, routed_in_AD.shape[0] - routed))
 
 
 def shard_experts(model: Llama4, group) -> None:

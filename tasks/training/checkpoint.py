@@ -63,19 +63,26 @@ def read_documents(state: dict, path_of: Callable[[str], Path]) -> dict[str, Any
     return {key: json.loads(path_of(f"{key}.json").read_text()) for key in state.get("documents", [])}
 
 
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's own values, contiguous: under FP8 training the routed experts' weights (and AdamW moments
+    shaped after them) are torchao wrapper subclasses, whose ``_data`` holds the values safetensors can write."""
+    tensor = tensor.detach()
+    return getattr(tensor, "_data", tensor).contiguous()
+
+
 def save(folder: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          scheduler, remote: str | None = None, keep: int = 2, documents: dict[str, Any] | None = None) -> Path:
     final, partial = folders(folder, step)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(partial / "model.safetensors"))
+    save_file({k: _plain(v) for k, v in model.state_dict().items()}, str(partial / "model.safetensors"))
     names = {id(p): n for n, p in model.named_parameters()}
     moments, hyper = {}, []
     for group in optimizer.param_groups:
         hyper.append({k: v for k, v in group.items() if k != "params"} | {"params": [names[id(p)] for p in group["params"]]})
         for param in group["params"]:
             for key, value in optimizer.state.get(param, {}).items():
-                moments[f"{names[id(param)]}::{key}"] = value.detach().reshape(-1).contiguous() if value.dim() == 0 else value.detach().contiguous()
+                moments[f"{names[id(param)]}::{key}"] = _plain(value.reshape(-1) if value.dim() == 0 else value)
     save_file(moments, str(partial / "optimizer.safetensors"))
     save_file({"cpu_rng": torch.get_rng_state()}, str(partial / "rng.safetensors"))
     state = {"engine": "plain", "step": step, "scheduler": scheduler.state_dict(), "param_groups": hyper,

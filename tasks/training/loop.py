@@ -32,7 +32,7 @@ from tasks.training.engine import make_engine
 from tasks.training.history import History
 from tasks.training.optim import WidthMult, lr_factor, param_groups, width_mult
 from tasks.training.precision import convert_from_fp8, convert_to_fp8, device_and_dtype
-from tasks.training.router import balanced_loss, expert_counts
+from tasks.training.router import balanced_loss, expert_counts, over_capacity
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
         metrics = {"loss": loss, "aux_loss": out_model.aux_loss.item(), "grad_norm": grad_norm,
                    **{f"lr/{group['name']}": group["lr"] for group in engine.param_groups},
                    **extra_metrics} if logs else None
-        finished = Step(done, batch, loss, grad_norm, expert_counts(out_model, engine.world_size), metrics)
+        finished = Step(done, batch, loss, grad_norm, expert_counts(out_model, engine.world_size),
+                        over_capacity(out_model, engine.world_size), metrics)
         for hook in hooks:
             hook.post_step(trainer, finished)
     for hook in hooks:

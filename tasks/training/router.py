@@ -33,6 +33,22 @@ def expert_counts(out: Output, world_size: int = 1) -> list[torch.Tensor]:
     return list(stacked.long().unbind(0))
 
 
+def over_capacity(out: Output, world_size: int = 1) -> torch.Tensor | None:
+    """Routed rows past their expert's capacity in this forward pass, summed over the MoE layers and the ranks.
+
+    None when the model sets no capacity (the same on every rank, so all of them skip the collective).
+    """
+    counts = [stats.over_capacity for stats in out.router if stats.over_capacity is not None]
+    if not counts:
+        return None
+    total = torch.stack(counts).sum()
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return total
+
+
 def update_selection_bias(model: Llama4, counts: list[torch.Tensor], rate: float) -> None:
     """Move every MoE layer's selection bias towards balance, given its routed tokens per expert."""
     moes = [block.moe for block in model.layers if block.moe is not None]

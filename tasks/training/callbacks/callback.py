@@ -43,6 +43,7 @@ class Step:
     loss: float  # the objective's loss, before router balance
     grad_norm: float
     expert_counts: list[torch.Tensor]  # routed tokens per expert of each MoE layer, summed over the ranks
+    over_capacity: torch.Tensor | None  # rows past their expert's capacity, all layers and ranks; None without one
     metrics: dict[str, float] | None  # what this step logs; None when it logs nothing
 
 

@@ -1,5 +1,6 @@
 """Expert load: each expert's share of the routed tokens, averaged over training for the report, and how uneven it
-is (coefficient of variation per MoE layer) in the logged metrics."""
+is (coefficient of variation per MoE layer) in the logged metrics; under a capacity, the step's rows past it
+(``router/dropped_tokens``, or ``router/over_capacity_tokens`` when the model keeps them)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ class ExpertLoad(Callback):
         history.load_count += 1
         if step.metrics is not None:
             step.metrics.update({f"expert_load_cv/layer{i}": cv(layer) for i, layer in enumerate(loads)})
+            if step.over_capacity is not None:
+                kept = trainer.engine.module.config.over_capacity == "keep"
+                step.metrics["router/over_capacity_tokens" if kept else "router/dropped_tokens"] = \
+                    float(step.over_capacity)
 
 
 def cv(shares: list[float]) -> float:
