@@ -148,6 +148,19 @@ def test_greedy_answers_are_the_argmax_of_the_full_forward(tokenizer, examples):
     assert sampled == generate(model, prompts, 6, eot, temperature=1.0, seed=4) != got
 
 
+def test_the_judges_loss_is_each_answers_mean_loss_under_a_forward_of_that_example_alone(tokenizer, examples):
+    model = tiny_model(len(tokenizer), seed=3, **WIDE).eval()
+    chosen = examples[:9]  # batches of 4 mixing lengths and where answers start
+    assert len({e.mask.index(1) for e in chosen}) > 1
+    losses = answer_losses(model, chosen, batch_size=4)
+    with torch.no_grad():
+        for example, loss in zip(chosen, losses):
+            ids = torch.tensor([example.input_ids])
+            per_token = torch.nn.functional.cross_entropy(model(ids[:, :-1]).logits[0], ids[0, 1:], reduction="none")
+            weights = torch.tensor(example.mask[1:], dtype=torch.float)
+            assert loss == pytest.approx(float((per_token * weights).sum() / weights.sum()), rel=1e-5)
+
+
 def test_the_judge_finds_an_example_it_was_trained_on_easier(tokenizer, examples, tmp_path):
     short = [e for e in examples if e.capability in ("arithmetic", "strings") and len(e.input_ids) < 64]
     trained, unseen = short[0], short[1:9]
