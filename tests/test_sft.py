@@ -180,6 +180,32 @@ def test_the_judge_finds_an_example_it_was_trained_on_easier(tokenizer, examples
     assert passk[0] == 0.0 and min(passk[1:]) == 1.0
 
 
+def test_stages_judging_the_same_examples_with_the_same_judge_share_its_scores(tokenizer, tokenizer_dir, problems_dir,
+                                                                             tmp_path):
+    from tasks.sft.judge_cache import cache_dir
+    from tasks.sft.run import judged_data
+
+    vocab = len(tokenizer)
+    config = SFTConfig(seq_len=192, eval_max_items=12)
+
+    def judged(judge_seed: int, workdir: str, settings: SFTConfig = config) -> list[float]:
+        data = judged_data(tiny_model(vocab, seed=0, **WIDE), tiny_model(vocab, seed=judge_seed, **WIDE).eval(),
+                           problems_dir, tokenizer_dir, settings, tmp_path / workdir)
+        return data.scores + data.held_out_scores
+
+    first = judged(1, "scout")
+    [saved] = cache_dir().glob("*.json")
+    assert json.loads(saved.read_text())["scores"] == first
+    # Marked scores show where the next stage's come from: the same judge's are read, not recomputed.
+    marked = [score + 100.0 for score in first]
+    saved.write_text(json.dumps({"scores": marked}))
+    assert judged(1, "maverick") == marked
+    # Another judge, or another setting, judges again.
+    assert max(abs(a - b) for a, b in zip(judged(2, "behemoth"), first)) > 1e-3
+    assert judged(1, "batched", config.model_copy(update={"judge_batch_size": 4})) == pytest.approx(first, rel=1e-5)
+    assert len(list(cache_dir().glob("*.json"))) == 3
+
+
 # The report.
 
 def test_report_counts_add_up_per_bucket_and_capability(examples):
