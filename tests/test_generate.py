@@ -1,5 +1,6 @@
-"""Generation: the model's forward with a key/value cache is the full forward, position by position, and greedy
-decoding with the cache gives the tokens that decoding without one gives."""
+"""Generation: the model's forward with a key/value cache is the full forward, position by position, so are the
+logits of the last positions alone, and greedy decoding with the cache gives the tokens that decoding without one
+gives."""
 
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ def test_cached_forward_gives_the_full_forwards_logits_at_every_position(style):
         parts += [model(tokens[:, t : t + 1], cache).logits for t in range(19, 30)]  # then one position a step
     assert cache.length == 30
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_the_last_positions_logits_alone_are_the_full_forwards(style):
+    model = small_model(style)
+    tokens = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(tokens).logits
+        cache = KVCache(model, 3, 30)
+        prefilled = model(tokens[:, :20], cache, last=1).logits
+        rest = model(tokens[:, 20:], cache, last=4).logits
+        alone = model(tokens, last=7).logits
+        with pytest.raises(ValueError, match="last"):
+            model(tokens, last=0)
+    assert prefilled.shape == (3, 1, 97) and rest.shape == (3, 4, 97) and alone.shape == (3, 7, 97)
+    torch.testing.assert_close(prefilled, full[:, 19:20], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rest, full[:, 26:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, full[:, 23:], atol=1e-5, rtol=1e-5)
 
 
 def decode_without_cache(model: Llama4, prompt: list[int], max_new_tokens: int, stop_id: int) -> list[int]:

@@ -14,7 +14,8 @@ import torch
 from conftest import herd, output_of
 from herd.config import ConfigError
 from herd.pipeline import load_config
-from tasks.midtrain.needles import NeedleMaker, NeedleWindows
+from tasks.midtrain.needles import QUESTION, NeedleMaker, NeedleWindows, recall
+from tasks.model.llama4 import Output
 
 PRETRAIN = ["--set", "pretrain.seq_len=64", "--set", "pretrain.batch_size=2", "--set", "pretrain.steps=6",
             "--set", "pretrain.warmup_steps=1", "--set", "codistill.scheme=none"]
@@ -53,6 +54,40 @@ def test_needle_batches_are_a_function_of_the_step_and_weigh_the_key(tokens):
     assert ((first.weights == 5.0).sum(1) == len(maker.encode(" 12345"))).all()  # the key's targets, per row
     plain = NeedleWindows(Path(tokens) / "tokens", maker, 128, 4, 3, needle_fraction=0.0, answer_weight=5.0).batch(2)
     assert (plain.weights == 1.0).all()
+
+
+class KeyReader(torch.nn.Module):
+    """A perfect retriever: it reads the pass key after the needle's "The pass key is" and predicts it after the
+    question. ``misread``: it predicts the key's last token one id off, so it never recalls a whole key."""
+
+    def __init__(self, maker: NeedleMaker, vocab_size: int, misread: bool = False) -> None:
+        super().__init__()
+        self.intro, self.question = maker.encode(" The pass key is"), maker.encode(QUESTION)
+        self.vocab_size, self.misread = vocab_size, misread
+
+    def forward(self, tokens_BS: torch.Tensor, cache=None, last: int | None = None) -> Output:
+        B, S = tokens_BS.shape
+        logits = torch.zeros(B, S, self.vocab_size)
+        for b, row in enumerate(tokens_BS.tolist()):
+            key_at = _find(row, self.intro) + len(self.intro)
+            answer_at = _find(row, self.question) + len(self.question)  # the sequence's rest (one more than S) is the key
+            key = row[key_at : key_at + S + 1 - answer_at]
+            for j, token in enumerate(key):
+                wrong = self.misread and j == len(key) - 1
+                logits[b, answer_at - 1 + j, (token + wrong) % self.vocab_size] = 1.0
+        return Output(logits if last is None else logits[:, S - last :], [])
+
+
+def _find(row: list[int], part: list[int]) -> int:
+    return next(i for i in range(len(row)) if row[i : i + len(part)] == part)
+
+
+def test_recall_counts_the_needles_whose_whole_key_the_model_predicts(tokens):
+    maker = NeedleMaker(Path(tokens) / "tokenizer.json")
+    tokens_dir, vocab = Path(tokens) / "tokens", maker.tokenizer.get_vocab_size()
+    for length, depth in ((96, 0.0), (128, 0.5), (200, 1.0)):
+        assert recall(KeyReader(maker, vocab), maker, tokens_dir, length, depth, trials=3, seed=5) == 1.0
+        assert recall(KeyReader(maker, vocab, misread=True), maker, tokens_dir, length, depth, trials=3, seed=5) == 0.0
 
 
 def test_midtrain_must_lengthen_the_context():

@@ -148,6 +148,19 @@ def test_greedy_answers_are_the_argmax_of_the_full_forward(tokenizer, examples):
     assert sampled == generate(model, prompts, 6, eot, temperature=1.0, seed=4) != got
 
 
+def test_the_judges_loss_is_each_answers_mean_loss_under_a_forward_of_that_example_alone(tokenizer, examples):
+    model = tiny_model(len(tokenizer), seed=3, **WIDE).eval()
+    chosen = examples[:9]  # batches of 4 mixing lengths and where answers start
+    assert len({e.mask.index(1) for e in chosen}) > 1
+    losses = answer_losses(model, chosen, batch_size=4)
+    with torch.no_grad():
+        for example, loss in zip(chosen, losses):
+            ids = torch.tensor([example.input_ids])
+            per_token = torch.nn.functional.cross_entropy(model(ids[:, :-1]).logits[0], ids[0, 1:], reduction="none")
+            weights = torch.tensor(example.mask[1:], dtype=torch.float)
+            assert loss == pytest.approx(float((per_token * weights).sum() / weights.sum()), rel=1e-5)
+
+
 def test_the_judge_finds_an_example_it_was_trained_on_easier(tokenizer, examples, tmp_path):
     short = [e for e in examples if e.capability in ("arithmetic", "strings") and len(e.input_ids) < 64]
     trained, unseen = short[0], short[1:9]
@@ -165,6 +178,32 @@ def test_the_judge_finds_an_example_it_was_trained_on_easier(tokenizer, examples
     # pass@k by sampling and the checker: the memorised answer passes, unseen answers do not.
     passk = difficulty(config, model, tokenizer, candidates)
     assert passk[0] == 0.0 and min(passk[1:]) == 1.0
+
+
+def test_stages_judging_the_same_examples_with_the_same_judge_share_its_scores(tokenizer, tokenizer_dir, problems_dir,
+                                                                             tmp_path):
+    from tasks.sft.judge_cache import cache_dir
+    from tasks.sft.run import judged_data
+
+    vocab = len(tokenizer)
+    config = SFTConfig(seq_len=192, eval_max_items=12)
+
+    def judged(judge_seed: int, workdir: str, settings: SFTConfig = config) -> list[float]:
+        data = judged_data(tiny_model(vocab, seed=0, **WIDE), tiny_model(vocab, seed=judge_seed, **WIDE).eval(),
+                           problems_dir, tokenizer_dir, settings, tmp_path / workdir)
+        return data.scores + data.held_out_scores
+
+    first = judged(1, "scout")
+    [saved] = cache_dir().glob("*.json")
+    assert json.loads(saved.read_text())["scores"] == first
+    # Marked scores show where the next stage's come from: the same judge's are read, not recomputed.
+    marked = [score + 100.0 for score in first]
+    saved.write_text(json.dumps({"scores": marked}))
+    assert judged(1, "maverick") == marked
+    # Another judge, or another setting, judges again.
+    assert max(abs(a - b) for a, b in zip(judged(2, "behemoth"), first)) > 1e-3
+    assert judged(1, "batched", config.model_copy(update={"judge_batch_size": 4})) == pytest.approx(first, rel=1e-5)
+    assert len(list(cache_dir().glob("*.json"))) == 3
 
 
 # The report.

@@ -90,7 +90,7 @@ def sample(model: Llama4, prompt_BP: torch.Tensor, max_new_tokens: int, stop_id:
     """Up to ``max_new_tokens`` after each row of ``prompt_BP``; a row ends at ``stop_id``; ``temperature`` 0 is greedy."""
     B, P = prompt_BP.shape
     cache = KVCache(model, B, P + max_new_tokens)
-    logits_BV = model(prompt_BP, cache).logits[:, -1]
+    logits_BV = model(prompt_BP, cache, last=1).logits[:, -1]
     done_B = torch.zeros(B, dtype=torch.bool)
     new_tokens, logprobs, masks = [], [], []
     for step in range(max_new_tokens):

@@ -14,7 +14,9 @@ herd's own and has no transformers counterpart; it acts in training only.
 ``model(tokens, cache)`` runs only the positions after those a
 :class:`~tasks.model.generate.KVCache` holds, attending to the cached keys through an
 explicit causal (and, on RoPE layers, in-chunk) mask; ``tests/test_generate.py`` checks it
-against the full forward.
+against the full forward. ``model(tokens, last=n)`` computes the logits of the last ``n``
+positions only: the output head is about a third of a nano forward, and a prompt's prefill,
+a needle's answer or a judge's reference answer needs only a few positions' logits.
 """
 
 from __future__ import annotations
@@ -339,7 +341,7 @@ def _init_parameter(param: torch.Tensor, name: str, expert: int | None, recipe: 
 
 @dataclass
 class Output:
-    logits: torch.Tensor  # (B, S, V)
+    logits: torch.Tensor  # (B, S, V); (B, last, V) when the forward was asked for the last positions only
     router: list[RouterStats]  # one per MoE layer
 
     @property
@@ -397,8 +399,9 @@ class Llama4(nn.Module):
         # bias moves after backward, so the recompute routes exactly as the forward did.
         self.activation_checkpointing = False
 
-    def forward(self, tokens_BS: torch.Tensor, cache: KVCache | None = None) -> Output:
-        """Logits of every position; with ``cache``, of the positions after those it holds, which it then holds too."""
+    def forward(self, tokens_BS: torch.Tensor, cache: KVCache | None = None, last: int | None = None) -> Output:
+        """Logits of every position (of the ``last`` ones only, if given); with ``cache``, of the positions after
+        those it holds, which it then holds too."""
         S = tokens_BS.shape[1]
         if cache is None:
             freqs = rope_frequencies(self.config, S, tokens_BS.device)
@@ -416,6 +419,10 @@ class Llama4(nn.Module):
                 stats.append(layer_stats)
         if cache is not None:
             cache.length += S
+        if last is not None:
+            if not 0 < last <= S:
+                raise ValueError(f"last ({last}) must be between 1 and the {S} positions run")
+            h = h[:, S - last :]
         return Output(self.output(self.norm(h)), stats)
 
     @torch.no_grad()

@@ -59,12 +59,19 @@ def answer_losses(model: Llama4, examples: Sequence[Example], batch_size: int = 
             tokens_BS[r, : len(ids)] = torch.tensor(ids)
             mask_BS[r, : len(mask)] = torch.tensor(mask, dtype=torch.float)
         tokens_BS = tokens_BS.to(device)
-        logits = model(tokens_BS[:, :-1]).logits.float()
-        per_token = F.cross_entropy(logits.transpose(1, 2), tokens_BS[:, 1:], reduction="none").cpu()
-        weights = mask_BS[:, 1:]
+        # The head runs from the first position (of any row) whose next token is an answer's: those before weigh 0.
+        start = min(*(_first_answer(examples[i]) for i in rows), width - 1) - 1
+        logits = model(tokens_BS[:, :-1], last=width - 1 - start).logits.float()
+        per_token = F.cross_entropy(logits.transpose(1, 2), tokens_BS[:, start + 1 :], reduction="none").cpu()
+        weights = mask_BS[:, start + 1 :]
         for r, i in enumerate(rows):
             losses[i] = float((per_token[r] * weights[r]).sum() / weights[r].sum().clamp(min=1))
     return losses
+
+
+def _first_answer(example: Example) -> int:
+    """The position of the example's first answer token after the BOS (its length if it has none)."""
+    return next((t for t, m in enumerate(example.mask) if m and t > 0), len(example.mask))
 
 
 def sample_rewards(model: Llama4, tokenizer, examples: Sequence[Example], samples: int, temperature: float,

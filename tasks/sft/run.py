@@ -15,7 +15,8 @@ exactly as the first one did), ``checkpoints/`` (the pruned run, resumed by the 
 loop), ``unpruned/checkpoints/`` (the equal-compute baseline, with ``compare_unpruned``), and
 ``reports/``: ``sft_pruning.csv`` (kept/dropped per difficulty bucket and capability),
 ``sft_examples.json`` (examples of each), ``sft_hard_eval.csv`` (the hard set before SFT,
-after pruned SFT and after unpruned SFT).
+after pruned SFT and after unpruned SFT). The scores are also kept under ``$HERD_HOME/cache``
+for the other sft stages that judge the same examples with the same judge (:mod:`tasks.sft.judge_cache`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tasks.runtime.reports import write_csv
 from tasks.sft.data import Example, render_examples
 from tasks.sft.evaluate import arm_row, evaluate, hard_set, train_arm
 from tasks.sft.judge import difficulty, prune
+from tasks.sft.judge_cache import read_scores, scores_key, write_scores
 from tasks.sft.report import hint_agreement, logged_examples, pruning_plot, pruning_rows
 from tasks.training.history import History
 from tasks.training.optim import WidthMult
@@ -144,14 +146,23 @@ def judged_data(student: Llama4, judge: Llama4 | None, problems_dir: Path, token
 
 def _judge_scores(path: Path, config: SFTConfig, judging: Llama4, tokenizer, train_examples: list[Example],
                   held_out: list[Example]) -> tuple[list[float], list[float]]:
-    """The judge's scores of train and eval examples, computed once and kept beside the checkpoints."""
+    """The judge's scores of train and eval examples, computed once and kept beside the checkpoints.
+
+    Another sft stage that judged the same examples with the same judge and settings may have
+    computed them already: :mod:`tasks.sft.judge_cache` has them then.
+    """
     if path.exists():
         saved = json.loads(path.read_text())
         try:
             return [saved["train"][e.id] for e in train_examples], [saved["eval"][e.id] for e in held_out]
         except KeyError:
             log.warning("sft: %s does not score these examples; judging again", path)
-    scores = difficulty(config, judging, tokenizer, train_examples + held_out)
+    examples = train_examples + held_out
+    key = scores_key(config, judging, examples)
+    scores = read_scores(key, len(examples))
+    if scores is None:
+        scores = difficulty(config, judging, tokenizer, examples)
+        write_scores(key, scores)
     train_scores, eval_scores = scores[: len(train_examples)], scores[len(train_examples):]
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps({"judge": config.judge,
