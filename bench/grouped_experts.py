@@ -7,7 +7,12 @@ The grouped path is :class:`tasks.model.llama4.Experts` (``torch._grouped_mm`` o
 kept on the device); the per-expert path is what it replaced above 256 rows per expert: the
 counts read back to the host (a wait for the device in every MoE layer), then a Python loop
 of matmuls. Rows go to experts uniformly at random, top-1. On a GPU both run in bf16 under
+<<<<<<< HEAD
 autocast, as training does; on the CPU in fp32. Times are the best of ``--repeats`` after a
+=======
+autocast, as training does, timed in wall seconds; on the CPU in fp32, timed in the process's
+CPU seconds (steadier on a shared machine). Times are the best of ``--repeats`` after a
+>>>>>>> experts
 warm-up, in the same process, alternating, so machine noise hits both alike.
 """
 
@@ -46,6 +51,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
+<<<<<<< HEAD
     def timed(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -56,6 +62,20 @@ def main() -> None:
         return time.perf_counter() - start
 
     print(f"{'experts':>7} {'tokens':>7} {'grouped ms':>10} {'per-expert ms':>13} {'speed-up':>8} {'grouped TFLOP/s':>15}")
+=======
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = clock()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return clock() - start
+
+    print(f"{'experts':>7} {'tokens':>7} {'grouped ms':>10} {'per-expert ms':>13} {'speed-up':>8} {'grouped GFLOP/s':>15}")
+>>>>>>> experts
     for n_experts in args.experts:
         torch.manual_seed(0)
         experts = Experts(n_experts, args.dim, args.hidden).to(device)
@@ -82,7 +102,11 @@ def main() -> None:
         grouped, looped = min(runs["grouped"]), min(runs["per_expert"])
         flops = 6 * args.tokens * 3 * args.dim * args.hidden
         print(f"{n_experts:>7} {args.tokens:>7} {grouped * 1e3:>10.2f} {looped * 1e3:>13.2f} {looped / grouped:>7.2f}x "
+<<<<<<< HEAD
               f"{flops / grouped / 1e12:>15.2f}", flush=True)
+=======
+              f"{flops / grouped / 1e9:>15.1f}", flush=True)
+>>>>>>> experts
 
 
 if __name__ == "__main__":
