@@ -93,6 +93,7 @@ def test_fp8_converts_attention_shared_and_routed_experts():
     for name in plan.experts:
         experts = model.get_submodule(name)
         assert all(isinstance(w.data, Float8TrainingWeightWrapperTensor) for w in (experts.gate_up, experts.down))
+        assert experts.row_alignment == 16 and experts.gate_up.stride()[1] == 1  # column-major, groups of 16
     tokens = torch.randint(0, 1024, (2, 512), device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(tokens)

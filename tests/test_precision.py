@@ -98,6 +98,31 @@ def test_emulated_fp8_training_follows_fp32():
     assert abs(learned[True] - learned[False]) / learned[False] < 0.02, losses
 
 
+def test_experts_padded_to_groups_of_16_rows_compute_what_they_compute_unpadded():
+    """FP8's grouped GEMM takes groups of whole multiples of 16 rows: the padding must not change a value."""
+    from tasks.model.llama4 import Experts
+
+    torch.manual_seed(0)
+    experts = Experts(5, 32, 48)
+    for param in experts.parameters():
+        torch.nn.init.normal_(param, std=0.1)
+    counts = torch.tensor([17, 0, 3, 32, 1])  # one expert gets nothing, one exactly two groups
+    rows = torch.randn(int(counts.sum()) + 6, 32)  # 6 rows past the last expert's belong to none
+    grad = torch.randn(rows.shape[0], 32)
+    results = []
+    for alignment in (1, 16):
+        experts.row_alignment = alignment
+        x = rows.clone().requires_grad_()
+        out = experts(x, counts)
+        kept = int(counts.sum())
+        (out[:kept] * grad[:kept]).sum().backward()
+        results.append((out[:kept].detach(), x.grad[:kept].clone(), experts.gate_up.grad.clone(),
+                        experts.down.grad.clone()))
+        experts.zero_grad()
+    for plain, padded in zip(*results):
+        torch.testing.assert_close(padded, plain, rtol=1e-6, atol=1e-6)
+
+
 def test_fp8_without_a_hopper_gpu_says_what_to_use_instead():
     if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9):
         pytest.skip("this machine has an FP8 GPU")

@@ -186,6 +186,9 @@ class Experts(nn.Module):
         super().__init__()
         self.gate_up = nn.Parameter(torch.empty(n_experts, dim, 2 * hidden))  # [gate | up]
         self.down = nn.Parameter(torch.empty(n_experts, hidden, dim))
+        # Rows per expert a multiple of this: FP8's grouped GEMM takes only groups of 16 rows
+        # (precision.convert_to_fp8 sets it); 1 runs the rows as they come.
+        self.row_alignment = 1
 
     def forward(self, routed_in_AD: torch.Tensor, tokens_per_expert_E: torch.Tensor) -> torch.Tensor:
         """``routed_in_AD`` is sorted by expert; expert e takes the next ``tokens_per_expert_E[e]`` rows.
@@ -193,9 +196,31 @@ class Experts(nn.Module):
         Rows after the last expert's belong to none: their output is undefined, and the
         caller masks them (:class:`MoE` does, for tokens over capacity).
         """
+        if self.row_alignment > 1:
+            return self._aligned(routed_in_AD, tokens_per_expert_E)
         offsets_E = tokens_per_expert_E.cumsum(0).to(torch.int32)
         gate_AF, up_AF = grouped_mm(routed_in_AD, self.gate_up, offsets_E).chunk(2, dim=-1)
         return grouped_mm(F.silu(gate_AF) * up_AF, self.down, offsets_E)
+
+    def _aligned(self, routed_in_AD: torch.Tensor, tokens_per_expert_E: torch.Tensor) -> torch.Tensor:
+        """The same, with each expert's rows padded by zero rows to a multiple of ``row_alignment``.
+
+        The padded block has a size known without the counts (every group, and the rows that
+        belong to none, short of a multiple by at most ``row_alignment - 1``), so nothing is
+        read back to the host; each row's place in it is a cumulative sum on the device.
+        """
+        align, (rows, dim), n_experts = self.row_alignment, routed_in_AD.shape, tokens_per_expert_E.shape[0]
+        device = routed_in_AD.device
+        counts_G = torch.cat([tokens_per_expert_E, (rows - tokens_per_expert_E.sum()).reshape(1)])  # + the rest
+        padded_G = (counts_G + align - 1) // align * align
+        group_A = torch.repeat_interleave(torch.arange(n_experts + 1, device=device), counts_G, output_size=rows)
+        slot_A = torch.arange(rows, device=device) - (counts_G.cumsum(0) - counts_G)[group_A]
+        place_A = (padded_G.cumsum(0) - padded_G)[group_A] + slot_A
+        capacity = -(-(rows + (n_experts + 1) * (align - 1)) // align) * align
+        padded_PD = routed_in_AD.new_zeros(capacity, dim).index_copy(0, place_A, routed_in_AD)
+        offsets_E = padded_G[:n_experts].cumsum(0).to(torch.int32)
+        gate_PF, up_PF = grouped_mm(padded_PD, self.gate_up, offsets_E).chunk(2, dim=-1)
+        return grouped_mm(F.silu(gate_PF) * up_PF, self.down, offsets_E)[place_A]
 
 
 def grouped_mm(x_AK: torch.Tensor, w_EKN: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:

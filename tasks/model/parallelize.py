@@ -56,6 +56,7 @@ class ShardedExperts(Experts):
             raise ValueError(f"{self.n_experts} experts do not split over {self.ranks} expert-parallel ranks")
         self.local = self.n_experts // self.ranks
         self.hidden, self.dim = full.down.shape[1:]
+        self.row_alignment = full.row_alignment
         self.first_expert = self.rank * self.local  # its global index: what init_weights seeds it by
         mine = slice(self.first_expert, self.first_expert + self.local)
         self.gate_up = torch.nn.Parameter(full.gate_up.detach()[mine].clone())

@@ -100,6 +100,7 @@ def convert_to_fp8(model: torch.nn.Module, emulate: bool = False) -> Fp8Plan:
 
         for name in plan.experts:
             experts = model.get_submodule(name)
+            experts.row_alignment = 16  # the FP8 grouped GEMM's groups are whole multiples of 16 rows
             for weight in (experts.gate_up, experts.down):
                 # The FP8 grouped GEMM takes its right operand column-major: the same (E, K, N) weight,
                 # stored transposed, so the kernel reads it without a copy every step.
@@ -124,6 +125,7 @@ def convert_from_fp8(model: torch.nn.Module) -> None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, plain)
         elif isinstance(module, Experts):
+            module.row_alignment = 1
             for key in ("gate_up", "down"):
                 weight = getattr(module, key)
                 inner = getattr(weight.data, "_data", weight.data)
