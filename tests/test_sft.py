@@ -19,7 +19,7 @@ from herd.stages.sft import SFTConfig
 from tasks.model.generate import generate
 from tasks.problems.item import CAPABILITIES, read_jsonl
 from tasks.sft.data import PAD, Example, PackedRows, pack, pad_id, render_examples
-from tasks.sft.evaluate import hard_set, train_arm
+from tasks.sft.evaluate import arm_steps, equal_compute, hard_set, train_arm
 from tasks.sft.judge import answer_losses, difficulty, drop_count, prune
 from tasks.sft.report import logged_examples, pruning_plot, pruning_rows
 
@@ -78,6 +78,24 @@ def test_pruning_drops_exactly_the_easiest_share_and_breaks_ties_by_id():
         == [5, 6, 19, 9, 0, 0]
     with pytest.raises(ValueError):
         prune(items, scores[:-1], 0.5)
+    # A floor on what is kept bounds Behemoth's 95% on a small set: the hardest min_kept stay.
+    kept, dropped = prune(items, scores, 0.95, min_kept=6)
+    assert len(kept) == 6 and {x.id for x in kept} == {f"item-{i:02d}" for i in range(14, 20)}
+    assert [drop_count(n, f, m) for n, f, m in ((20, 0.95, 6), (20, 0.5, 6), (5, 0.95, 6), (1100, 0.95, 200))] \
+        == [14, 10, 0, 900]
+
+
+def test_training_stops_at_the_epoch_cap_and_the_unpruned_arm_at_the_pruned_arms_steps():
+    def rows(n):
+        return type("Rows", (), {"rows": n})()
+
+    config = SFTConfig(steps=40, batch_size=8, max_epochs=4.0)
+    assert arm_steps(config, rows(1000)) == 40  # 0.3 epochs: the cap does not bind
+    assert arm_steps(config, rows(20)) == 10  # 4 passes over 20 rows of 8 a step
+    assert arm_steps(config, rows(1)) == 1
+    assert equal_compute(config, rows(20)).steps == 10
+    with pytest.raises(ValidationError):
+        SFTConfig(max_epochs=0)
 
 
 def test_config_sets_the_share_per_variant_and_refuses_inconsistent_fields():
@@ -165,7 +183,7 @@ def test_the_judge_finds_an_example_it_was_trained_on_easier(tokenizer, examples
     short = [e for e in examples if e.capability in ("arithmetic", "strings") and len(e.input_ids) < 64]
     trained, unseen = short[0], short[1:9]
     model = tiny_model(len(tokenizer), seed=0, **WIDE)
-    config = SFTConfig(seq_len=64, batch_size=1, steps=30, lr=1e-2, warmup_steps=0, checkpoint_every=1000,
+    config = SFTConfig(seq_len=64, batch_size=1, steps=30, max_epochs=30, lr=1e-2, warmup_steps=0, checkpoint_every=1000,
                        log_every=1000, judge="teacher_passk", passk_samples=2, passk_k=1, sample_temperature=0.01,
                        max_new_tokens=12)
     train_arm(model, [trained], tokenizer, config, tmp_path, lambda step, metrics: None)
@@ -253,7 +271,7 @@ def test_run_sft_prunes_trains_on_assistant_tokens_and_reports(tokenizer, tokeni
 
     vocab = len(tokenizer)
     config = SFTConfig(seq_len=192, batch_size=4, steps=8, lr=3e-3, warmup_steps=1, log_every=4,
-                       checkpoint_every=4, eval_max_items=12, max_new_tokens=4, compare_unpruned=True)
+                       checkpoint_every=4, eval_max_items=12, max_new_tokens=4, compare_unpruned=True, min_kept=1)
     metrics, plots = [], []
     student = tiny_model(vocab, seed=0, **WIDE)
     summary, history = run_sft(student, tiny_model(vocab, seed=1, **WIDE), problems_dir, tokenizer_dir, config, 0.5,

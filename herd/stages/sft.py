@@ -38,6 +38,12 @@ class SFTConfig(TrainingConfig):
     teacher_drop_easy_fraction: float = Field(
         0.95, ge=0, lt=1, description="Share of the easiest examples dropped when the teacher (Behemoth) itself is tuned."
     )
+    min_kept: int = Field(
+        200, ge=1, description="Pruning keeps at least this many examples (the hardest), whatever the drop share: "
+                               "95% of a small problem set is too little to fine-tune on.")
+    max_epochs: float = Field(
+        4.0, gt=0, description="Training stops after this many passes over the kept rows, even before `steps`: "
+                               "a tiny kept set trained for many epochs is memorised, not learned.")
     passk_samples: int = Field(4, ge=1, description="Answers sampled per item by teacher_passk (n).")
     passk_k: int = Field(1, ge=1, description="The k of pass@k (unbiased estimator over n samples).")
     pass_reward: float = Field(0.5, gt=0, le=1, description="A sampled answer passes at this checker reward or more.")

@@ -15,6 +15,8 @@ the checker passes (reward at least ``pass_reward``); ``reward`` the mean checke
 from __future__ import annotations
 
 import copy
+import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +30,8 @@ from tasks.training.history import History
 from tasks.training.loop import train
 from tasks.training.optim import WidthMult
 from tasks.training.precision import placed
+
+log = logging.getLogger(__name__)
 
 ARMS = ("pruned", "unpruned")
 
@@ -61,20 +65,37 @@ def train_arm(model: Llama4, examples: list[Example], tokenizer, config: SFTConf
     if top >= model.config.vocab_size:
         raise ValueError(f"token id {top} is outside the model's vocabulary of {model.config.vocab_size}: "
                          "the model and the tokenizer come from different runs")
-    history = train(model.train(), config, rows, out, on_metrics, remote, mult=mult, label=label)
+    steps = arm_steps(config, rows)
+    if steps < config.steps:
+        log.info("%s: %d steps, not %d: %d rows of kept examples, at most %g epochs", label, steps, config.steps,
+                 rows.rows, config.max_epochs)
+    # The schedule (warmup, decay) follows the steps actually trained.
+    capped = config.model_copy(update={"steps": steps, "warmup_steps": min(config.warmup_steps, steps)})
+    history = train(model.train(), capped, rows, out, on_metrics, remote, mult=mult, label=label)
     return history, rows
+
+
+def arm_steps(config: SFTConfig, rows: PackedRows) -> int:
+    """``config.steps``, or fewer when that would pass over the rows more than ``config.max_epochs`` times."""
+    return max(1, min(config.steps, math.floor(config.max_epochs * rows.rows / config.batch_size)))
+
+
+def equal_compute(config: SFTConfig, pruned: PackedRows) -> SFTConfig:
+    """The config of the unpruned arm: the steps the pruned arm trained (its epoch cap included), no more."""
+    return config.model_copy(update={"steps": arm_steps(config, pruned)})
 
 
 def arm_row(arm: str, seed: int, rows: PackedRows | None, history: History | None, config: SFTConfig,
             result: dict) -> dict:
     """A row of the comparison table; ``rows`` and ``history`` None for the model before any SFT."""
     trained = rows is not None
+    steps = arm_steps(config, rows) if trained else 0
     return {
         "arm": arm, "seed": seed, "examples": rows.examples if trained else 0, "rows": rows.rows if trained else 0,
-        "steps": config.steps if trained else 0,
-        "tokens": config.steps * config.batch_size * config.seq_len if trained else 0,
+        "steps": steps,
+        "tokens": steps * config.batch_size * config.seq_len,
         "supervised_tokens_per_epoch": rows.supervised_tokens if trained else 0,
-        "epochs": round(config.steps * config.batch_size / rows.rows, 3) if trained else 0,
+        "epochs": round(steps * config.batch_size / rows.rows, 3) if trained else 0,
         "final_train_loss": round(history.losses[-1], 6) if trained and history.losses else None,
         **{f"hard_{k}": v for k, v in result.items()},
     }
@@ -90,7 +111,7 @@ def compare_pruned_vs_unpruned(student: Llama4, tokenizer, train_examples: list[
     an interrupted comparison resumes where it stopped.
     """
     init = copy.deepcopy(student.state_dict())
-    kept, _ = prune(train_examples, scores, drop_fraction)
+    kept, _ = prune(train_examples, scores, drop_fraction, config.min_kept)
     table = []
     for seed in seeds:
         arm_config = config.model_copy(update={"seed": seed})
@@ -102,4 +123,6 @@ def compare_pruned_vs_unpruned(student: Llama4, tokenizer, train_examples: list[
             history, rows = train_arm(model, examples, tokenizer, arm_config, workdir / name, metrics,
                                       storage.join(remote, name) if remote else None, mult, label=f"sft.{name}")
             table.append(arm_row(arm, seed, rows, history, arm_config, evaluate(model, tokenizer, hard, arm_config)))
+            if arm == "pruned":
+                arm_config = equal_compute(arm_config, rows)
     return table

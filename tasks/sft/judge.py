@@ -104,15 +104,18 @@ def easiest_first(items: Sequence[T], scores: Sequence[float]) -> list[int]:
     return sorted(range(len(items)), key=lambda i: (scores[i], items[i].id))
 
 
-def drop_count(total: int, drop_fraction: float) -> int:
-    """At least ``drop_fraction`` of ``total`` (rounded up), yet never every item."""
+def drop_count(total: int, drop_fraction: float, min_kept: int = 1) -> int:
+    """At least ``drop_fraction`` of ``total`` (rounded up), yet never so many that fewer than ``min_kept`` remain."""
     if not 0 <= drop_fraction < 1:
         raise ValueError(f"drop_fraction must be in [0, 1), not {drop_fraction}")
-    return min(max(total - 1, 0), math.ceil(drop_fraction * total - 1e-9))
+    if min_kept < 1:
+        raise ValueError(f"min_kept must be at least 1, not {min_kept}")
+    return min(max(total - min_kept, 0), math.ceil(drop_fraction * total - 1e-9))
 
 
-def prune(items: Sequence[T], scores: Sequence[float], drop_fraction: float) -> tuple[list[T], list[T]]:
+def prune(items: Sequence[T], scores: Sequence[float], drop_fraction: float,
+          min_kept: int = 1) -> tuple[list[T], list[T]]:
     """``(kept, dropped)``: the easiest ``drop_count`` items dropped, both lists in the items' order."""
     ranked = easiest_first(items, scores)
-    dropped = set(ranked[: drop_count(len(items), drop_fraction)])
+    dropped = set(ranked[: drop_count(len(items), drop_fraction, min_kept)])
     return ([x for i, x in enumerate(items) if i not in dropped], [x for i, x in enumerate(items) if i in dropped])

@@ -36,7 +36,7 @@ from tasks.problems.item import read_jsonl
 from tasks.runtime import storage
 from tasks.runtime.reports import write_csv
 from tasks.sft.data import Example, render_examples
-from tasks.sft.evaluate import arm_row, evaluate, hard_set, train_arm
+from tasks.sft.evaluate import arm_row, equal_compute, evaluate, hard_set, train_arm
 from tasks.sft.judge import difficulty, prune
 from tasks.sft.judge_cache import read_scores, scores_key, write_scores
 from tasks.sft.report import hint_agreement, logged_examples, pruning_plot, pruning_rows
@@ -60,7 +60,7 @@ def run_sft(student: Llama4, judge: Llama4 | None, problems_dir: Path, tokenizer
     """
     data = judged_data(student, judge, problems_dir, tokenizer_dir, config, workdir)
     tokenizer, train_examples, scores = data.tokenizer, data.train, data.scores
-    kept, dropped = prune(train_examples, scores, drop_fraction)
+    kept, dropped = prune(train_examples, scores, drop_fraction, config.min_kept)
     kept_ids = {e.id for e in kept}
     rows = pruning_rows(train_examples, scores, kept_ids, config.buckets)
     reports = workdir / "reports"
@@ -82,11 +82,12 @@ def run_sft(student: Llama4, judge: Llama4 | None, problems_dir: Path, tokenizer
     if init is not None:
         baseline = Llama4(student.config)
         baseline.load_state_dict(init)
+        same_compute = equal_compute(config, packed)
         unpruned_history, unpruned_rows = train_arm(
-            baseline, train_examples, tokenizer, config, workdir / "unpruned",
+            baseline, train_examples, tokenizer, same_compute, workdir / "unpruned",
             lambda step, metrics: on_metrics(step, {f"unpruned/{k}": v for k, v in metrics.items()}),
             storage.join(remote, "unpruned") if remote else None, mult, label="sft.unpruned")
-        table.append(arm_row("unpruned", config.seed, unpruned_rows, unpruned_history, config,
+        table.append(arm_row("unpruned", config.seed, unpruned_rows, unpruned_history, same_compute,
                              evaluate(baseline, tokenizer, hard, config)))
     files.append(write_csv(reports / "sft_hard_eval.csv", table))
     for path in files:
