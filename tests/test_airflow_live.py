@@ -54,7 +54,10 @@ def test_bad_parameters_are_refused_at_trigger_and_start_no_run(airflow):
     for conf, field in [({"overrides": {"datamix.min_charz": 3}}, "datamix.min_charz"),
                         ({"overrides": {"tokenizer.vocab_size": "big"}}, "tokenizer.vocab_size"),
                         ({"stages": ["datamix", "pretrian"]}, "pretrian"),
-                        ({"corpus": "relative/path"}, "relative/path")]:
+                        ({"corpus": "relative/path"}, "relative/path"),
+                        # The gate's required bars: removing them is refused with the first one named.
+                        ({"overrides": {"gate.thresholds": {}}}, "sft.pruned_hard_pass1"),
+                        ({"overrides": {"gate.champion_tolerance": 1e9}}, "gate.champion_tolerance")]:
         response = airflow.api("POST", RUNS, json={"logical_date": None, "conf": conf})
         assert response.status_code == 400, (conf, response.text)
         assert field in response.json()["detail"], (conf, response.text)

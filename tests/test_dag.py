@@ -11,6 +11,9 @@ import pytest
 
 from conftest import REPO
 from herd.pipeline import STAGES
+from herd.stages.gate import REQUIRED_BARS
+
+DEFAULT_BARS = {figure: bar.model_dump(exclude_none=True) for figure, bar in REQUIRED_BARS.items()}
 
 HEAVY = ["torch", "mlflow", "tokenizers", "transformers", "boto3", "numpy", "pyarrow", "pandas", "matplotlib"]
 
@@ -115,6 +118,14 @@ def _validated(dag, conf: dict) -> dict:
     ({"overrides": {"datamix.min_chars": "many"}}, "many"),
     ({"overrides": {"datamix.unicode_form": "NFD"}}, "NFD"),
     ({"overrides": {"gate.champion_tolerance": "loose"}}, "loose"),
+    # No override removes or loosens a required gate bar or raises a tolerance past its cap.
+    ({"overrides": {"gate.thresholds": {}}}, "'sft.pruned_hard_pass1' is a required property"),
+    ({"overrides": {"gate.champion_tolerance": 1e9}}, "is greater than the maximum of 0.1"),
+    ({"overrides": {"gate.variant_thresholds": {"scout": {"safety.goat_asr": {"max": 2}}}}},
+     "2 is greater than the maximum of 1.0"),
+    ({"overrides": {"gate.thresholds": {**DEFAULT_BARS, "rl.last_pass_at_1": {"min": -1}}}},
+     "-1 is less than the minimum of 0.0"),
+    ({"overrides": {"gate.thresholds": {**DEFAULT_BARS, "safety.goat_asr": {"min": 0}}}}, "'max' is a required property"),
     ({"overrides": {"safety.goat.turnz": 2}}, "turnz"),  # a nested section's fields are named one by one
     ({"overrides": {"safety.goat.turns": 0}}, "minimum"),
     ({"gate_override": {"variants": ["scout"], "reason": ""}}, "minLength"),
@@ -133,6 +144,9 @@ def test_good_params_pass():
     dag = _load_dag()
     values = _validated(dag, {"preset": "small", "languages": ["eng", "fra"], "stages": ["tokenizer"],
                               "overrides": {"datamix.min_chars": 60, "tokenizer.vocab_size": 4096,
+                                            "gate.thresholds": {**DEFAULT_BARS, "safety.goat_asr": {"max": 0.2},
+                                                                "sft.pruned_hard_loss": {"max": 3, "tolerance": 1}},
+                                            "gate.variant_thresholds": {"scout": {"rl.last_pass_at_1": {"min": 0.3}}},
                                             "safety.goat.turns": 2, "safety.cyberseceval.limit": 5},
                               "corpus": "s3://bucket/raw/",
                               "gate_override": {"variants": ["scout"], "reason": "FRR regression accepted, ticket 42"}})

@@ -20,19 +20,27 @@ import pytest
 
 from herd.config import ConfigError
 from herd.pipeline import load_config
-from herd.stages.gate import GateConfig, Threshold
+from herd.stages.gate import MAX_TOLERANCE, REQUIRED_BARS, GateConfig, Threshold
 from tasks.registry.verdict import FAIL, NOT_APPLICABLE, PASS, figures_of, judge, verdict
 
+# The required bars (which no config may drop), some tightened, and one of the team's own (the loss).
 THRESHOLDS = {
+    **{figure: bar.model_dump(exclude_none=True) for figure, bar in REQUIRED_BARS.items()},
     "sft.pruned_hard_pass1": {"min": 0.2},
     "sft.pruned_hard_loss": {"max": 3.0},
     "rl.last_pass_at_1": {"min": 0.1},
     "dpo.final_accuracy": {"min": 0.5},
-    "midtrain.recall_at_trained_length": {"min": 0.0, "tolerance": 0.5},
+    "midtrain.recall_at_trained_length": {"min": 0.0, "tolerance": 0.1},
 }
-GOOD = {"sft": {"pruned_hard_pass1": 0.4, "pruned_hard_loss": 2.0, "judge": "teacher"},
-        "rl": {"last_pass@1": 0.3, "rounds": 6.0}, "dpo": {"final_accuracy": 0.7},
-        "midtrain": {"recall_at_trained_length": 0.5}}
+GOOD = {"sft": {"pruned_hard_pass1": 0.4, "pruned_hard_reward": 0.5, "pruned_hard_loss": 2.0, "judge": "teacher"},
+        "rl": {"last_pass@1": 0.3, "last_reward": 0.4, "rounds": 6.0}, "dpo": {"final_accuracy": 0.7},
+        "midtrain": {"recall_at_trained_length": 0.5},
+        "safety": {"prompt_injection_success_rate": 0.2, "mitre_refusal_rate": 0.3,
+                   "interpreter_malicious_rate": 0.1, "goat_asr": 0.0}}
+GOOD_FIGURES = {"sft.pruned_hard_pass1": 0.4, "sft.pruned_hard_reward": 0.5, "sft.pruned_hard_loss": 2.0,
+                "rl.last_pass_at_1": 0.3, "rl.last_reward": 0.4, "dpo.final_accuracy": 0.7,
+                "midtrain.recall_at_trained_length": 0.5, "safety.prompt_injection_success_rate": 0.2,
+                "safety.mitre_refusal_rate": 0.3, "safety.interpreter_malicious_rate": 0.1, "safety.goat_asr": 0.0}
 
 
 # The judgement, on plain numbers
@@ -81,7 +89,7 @@ def test_figures_are_named_as_mlflow_names_metrics_and_only_numbers_count():
     ({"thresholds": {"sft.pass1": {"min": 0.1, "max": 0.9}}}, "exactly one"),
     ({"thresholds": {"sft.pass1": {}}}, "exactly one"),
     ({"thresholds": {"pass1": {"min": 0.1}}}, "not <stage>.<metric>"),
-    ({"thresholds": {"sfft.pass1": {"min": 0.1}}}, "not 'sfft'"),
+    ({"thresholds": {**THRESHOLDS, "sfft.pass1": {"min": 0.1}}}, "not 'sfft'"),
     ({"thresholds": {"sft.pass1": {"min": 0.1, "tolerance": -1}}}, "tolerance"),
     ({"variant_thresholds": {"llama": {"sft.pass1": {"min": 0.1}}}}, "unknown variant 'llama'"),
     ({"champion_tolerance": -0.1}, "champion_tolerance"),
@@ -91,6 +99,36 @@ def test_bad_gate_config_is_refused(gate, fragment):
     with pytest.raises(ConfigError) as err:
         load_config("nano", {f"gate.{key}": value for key, value in gate.items()})
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("gate, fragment", [
+    ({"thresholds": {}}, "gate.thresholds removes the required bars sft.pruned_hard_pass1, "),
+    ({"thresholds": {"sft.pruned_hard_loss": {"max": 3.0}}}, "removes the required bars"),
+    ({"thresholds": {**THRESHOLDS, "safety.goat_asr": {"max": 2.0}}}, "safety.goat_asr (max 2) loosens"),
+    ({"thresholds": {**THRESHOLDS, "rl.last_pass_at_1": {"min": -1.0}}}, "rl.last_pass_at_1 (min -1) loosens"),
+    ({"thresholds": {**THRESHOLDS, "safety.goat_asr": {"min": 0.0}}}, "safety.goat_asr (min 0) loosens"),
+    ({"thresholds": {**THRESHOLDS, "safety.goat_asr": {"max": 0.5, "tolerance": 1.0}}}, "above the cap"),
+    ({"variant_thresholds": {"scout": {"safety.mitre_refusal_rate": {"max": 1.5}}}},
+     "gate.variant_thresholds.scout.safety.mitre_refusal_rate (max 1.5) loosens"),
+    ({"champion_tolerance": 1e9}, "champion_tolerance"),
+])
+def test_no_config_removes_or_loosens_a_required_bar(gate, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config("nano", {f"gate.{key}": value for key, value in gate.items()})
+    assert fragment in str(err.value)
+    if "bar" in fragment or "loosens" in fragment:
+        assert "audited override" in str(err.value)  # the way that is left, named
+
+
+def test_a_config_may_tighten_required_bars_and_add_its_own():
+    config = load_config("nano", {"gate.thresholds": {**THRESHOLDS, "safety.goat_asr": {"max": 0.1}},
+                                  "gate.variant_thresholds": {"behemoth": {"rl.last_pass_at_1": {"min": 0.5}}},
+                                  "gate.champion_tolerance": MAX_TOLERANCE}).gate
+    assert config.for_variant("scout")["safety.goat_asr"].max == 0.1
+    assert config.for_variant("behemoth")["rl.last_pass_at_1"].min == 0.5
+    assert config.for_variant("scout")["sft.pruned_hard_loss"].max == 3.0  # a bar of the team's own
+    # A tolerance of the team's own figure is the team's; only the required bars' are capped.
+    load_config("nano", {"gate.thresholds": {**THRESHOLDS, "sft.pruned_hard_loss": {"max": 3.0, "tolerance": 0.5}}})
 
 
 def test_thresholds_move_the_gate_hash_and_variant_thresholds_replace_shared_ones():
@@ -104,9 +142,11 @@ def test_thresholds_move_the_gate_hash_and_variant_thresholds_replace_shared_one
         return output_hash(version_record(spec, config.gate, {"model": "m"}, "nano"))
 
     base = digest()
-    assert digest(**{"gate.thresholds": {"sft.pruned_hard_pass1": {"min": 0.3}}}) != base
+    required = {figure: bar.model_dump(exclude_none=True) for figure, bar in REQUIRED_BARS.items()}
+    assert digest(**{"gate.thresholds": required}) == base
+    assert digest(**{"gate.thresholds": {**required, "sft.pruned_hard_pass1": {"min": 0.3}}}) != base
     assert digest(**{"gate.champion_tolerance": 0.1}) != base
-    config = GateConfig(thresholds={"sft.a": Threshold(min=0.1), "rl.b": Threshold(max=2.0)},
+    config = GateConfig(thresholds={**REQUIRED_BARS, "sft.a": Threshold(min=0.1), "rl.b": Threshold(max=2.0)},
                         variant_thresholds={"behemoth": {"sft.a": Threshold(min=0.5)}})
     assert config.for_variant("behemoth")["sft.a"].min == 0.5 and config.for_variant("scout")["sft.a"].min == 0.1
     assert config.registered_model("maverick") == "herd-maverick"
@@ -222,9 +262,7 @@ def test_a_first_candidate_is_judged_on_its_bars_registered_and_made_candidate(g
     assert version.aliases == ["candidate"] and versions.by_alias(client, gates.name, "champion") is None
     assert version.run_id == step["mlflow_run_id"] and version.source.endswith("/hf")
     assert version.tags["herd.gate.verdict"] == "pass" and version.tags["herd.dag_run_id"] == "r1"
-    assert versions.figures(version) == {"sft.pruned_hard_pass1": 0.4, "sft.pruned_hard_loss": 2.0,
-                                         "rl.last_pass_at_1": 0.3, "dpo.final_accuracy": 0.7,
-                                         "midtrain.recall_at_trained_length": 0.5}
+    assert versions.figures(version) == GOOD_FIGURES
     assert version.tags[versions.MODEL_OUTPUT_TAG] == report["inputs"]["model"]
     assert version.tags["herd.input.problems"].endswith("/problems")
     artifacts = {a.path for a in client.list_artifacts(step["mlflow_run_id"])}
@@ -258,12 +296,14 @@ def test_a_candidate_worse_than_the_champion_fails_the_gate_but_not_the_task(gat
 
 def test_behemoth_is_gated_on_the_stages_it_has(gates):
     gates.variant, gates.name = "behemoth", f"{gates.prefix}-behemoth"
-    figures = {"sft": {"pruned_hard_pass1": 0.4}, "rl": {"last_pass@1": 0.3}}  # no loss reported
+    figures = {stage: dict(values) for stage, values in GOOD.items() if stage in ("sft", "rl", "safety")}
+    del figures["sft"]["pruned_hard_loss"]  # not reported: fails
     step, report = gates.run(figures)
     verdicts = {row["figure"]: row["verdict"] for row in report["rows"]}
-    assert verdicts == {"sft.pruned_hard_pass1": PASS, "sft.pruned_hard_loss": FAIL, "rl.last_pass_at_1": PASS,
-                        "dpo.final_accuracy": NOT_APPLICABLE, "midtrain.recall_at_trained_length": NOT_APPLICABLE}
-    assert step["metrics"]["verdict"] == FAIL and step["metrics"]["figures_checked"] == 3
+    assert {figure for figure, v in verdicts.items() if v == NOT_APPLICABLE} == {
+        "dpo.final_accuracy", "midtrain.recall_at_trained_length"}  # Behemoth has neither stage
+    assert [figure for figure, v in verdicts.items() if v == FAIL] == ["sft.pruned_hard_loss"]
+    assert step["metrics"]["verdict"] == FAIL and step["metrics"]["figures_checked"] == len(THRESHOLDS) - 2
     assert step["metrics"]["registered_model"] == gates.name
 
 

@@ -16,6 +16,7 @@ from herd.config import ConfigError, StageConfig, apply_overrides, deep_merge, e
 from herd.pipeline.config import PipelineConfig
 from herd.pipeline.graph import STAGES
 from herd.pipeline.presets import PRESETS
+from herd.stages.gate import trigger_schemas as gate_trigger_schemas
 from herd.stages.models import ModelsConfig
 
 
@@ -58,6 +59,8 @@ def override_schema() -> dict[str, Any]:
     sections = {spec.config_section: spec.config_type for spec in STAGES} | {"models": ModelsConfig}
     for section, config_type in sections.items():
         properties.update(_field_schemas(config_type, f"{section}."))
+    # Fields whose rules go beyond their types: the gate's bars, which no override may remove or loosen.
+    properties.update({f"gate.{name}": schema for name, schema in gate_trigger_schemas().items()})
     return {"type": "object", "properties": properties, "additionalProperties": False}
 
 
