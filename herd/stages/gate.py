@@ -104,6 +104,9 @@ class GateConfig(StageConfig):
                                           "(a required bar only tightened).")
     champion_tolerance: float = Field(0.02, ge=0, le=MAX_TOLERANCE,
                                       description="How much worse than the champion a figure may be, in its own units.")
+    max_judge_unparsed: float = Field(
+        0.05, ge=0, le=0.05, description="A judge that leaves more than this share of answers unparsed makes the "
+                                         "figures it produced count as missing (may be tightened, not loosened).")
     model_name: str = Field("herd-{variant}", pattern=r"^[A-Za-z0-9][\w.{}-]*$",
                             description="The registered model of a variant in the MLflow Model Registry.")
 

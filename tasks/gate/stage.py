@@ -27,6 +27,7 @@ from pathlib import Path
 
 from herd.stages.gate import GateConfig
 from tasks.registry import versions
+from tasks.registry.health import unhealthy_figures
 from tasks.registry.verdict import FAIL, NOT_APPLICABLE, REPORT_JSON, failed, figures_of, judge, verdict
 from tasks.runtime import storage
 from tasks.runtime.context import StageContext
@@ -53,9 +54,11 @@ def run(ctx: StageContext[GateConfig]) -> dict:
     # Figures are named by the stage that reported them: the model input is "dpo" or "rl".
     by_stage = {step["stage"]: step["metrics"] for step in steps.values()}
     candidate = figures_of(by_stage)
+    withheld = unhealthy_figures(by_stage, config.max_judge_unparsed)
     champion = versions.by_alias(client, name, versions.CHAMPION)
     champion_figures = versions.figures(champion) if champion is not None else None
-    rows = judge(config.for_variant(variant), config.champion_tolerance, candidate, champion_figures, set(by_stage))
+    rows = judge(config.for_variant(variant), config.champion_tolerance, candidate, champion_figures, set(by_stage),
+                 withheld)
     outcome, failures = verdict(rows), failed(rows)
     for row in rows:
         log.info("gate %s: %-40s %-4s candidate %s champion %s: %s", variant, row.figure, row.verdict.upper(),
@@ -69,6 +72,7 @@ def run(ctx: StageContext[GateConfig]) -> dict:
         "champion": None if champion is None else {"version": str(champion.version), "figures": champion_figures},
         "rows": [row.as_dict() for row in rows],
         "figures": candidate,
+        "withheld": withheld,
         "inputs": dict(ctx.inputs),
     }
     write_csv(ctx.workdir / REPORT_CSV, [row.as_dict() for row in rows])
@@ -76,7 +80,8 @@ def run(ctx: StageContext[GateConfig]) -> dict:
     ctx.tracker.log_artifact(ctx.workdir / REPORT_CSV, "reports")
     ctx.tracker.log_artifact(ctx.workdir / REPORT_JSON, "gate")
 
-    gated = {row.figure: row.candidate for row in rows if row.verdict != NOT_APPLICABLE and row.candidate is not None}
+    gated = {row.figure: row.candidate for row in rows
+             if row.verdict != NOT_APPLICABLE and row.candidate is not None and row.figure not in withheld}
     tags = {
         "herd.variant": variant,
         "herd.preset": ctx.pipeline.preset,

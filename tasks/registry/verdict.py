@@ -57,8 +57,13 @@ def figures_of(metrics_by_stage: Mapping[str, Mapping[str, Any]]) -> dict[str, f
 
 
 def judge(thresholds: Mapping[str, Threshold], default_tolerance: float, candidate: Mapping[str, float],
-          champion: Mapping[str, float] | None, present: set[str]) -> list[Row]:
-    """One row per gated figure, in the order of ``thresholds``; ``champion`` None when there is none."""
+          champion: Mapping[str, float] | None, present: set[str],
+          withheld: Mapping[str, str] | None = None) -> list[Row]:
+    """One row per gated figure, in the order of ``thresholds``; ``champion`` None when there is none.
+
+    ``withheld``: figures that count as missing, with why (:mod:`tasks.registry.health`).
+    """
+    withheld = withheld or {}
     rows = []
     for figure, threshold in thresholds.items():
         bound = "min" if threshold.higher_is_better else "max"
@@ -68,6 +73,8 @@ def judge(thresholds: Mapping[str, Threshold], default_tolerance: float, candida
         stage = figure.partition(".")[0]
         if stage not in present:
             verdict, reason = NOT_APPLICABLE, f"no {stage} stage feeds this gate"
+        elif figure in withheld:
+            verdict, reason = FAIL, f"counts as missing: {withheld[figure]}"
         elif value is None:
             verdict, reason = FAIL, f"{stage} reported no {figure.partition('.')[2]}"
         elif not math.isfinite(value):
@@ -103,4 +110,4 @@ def rejudge(report: dict, champion_figures: dict[str, float]) -> list[Row]:
     thresholds = {row["figure"]: Threshold(**{row["bound"]: row["threshold"]}, tolerance=row["tolerance"])
                   for row in report["rows"]}
     present = {row["figure"].partition(".")[0] for row in report["rows"] if row["verdict"] != NOT_APPLICABLE}
-    return judge(thresholds, 0.0, report["figures"], champion_figures, present)
+    return judge(thresholds, 0.0, report["figures"], champion_figures, present, report.get("withheld", {}))

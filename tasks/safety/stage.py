@@ -44,7 +44,10 @@ goat_prompt_guard_flag_rate        share of attacker prompts the prompt guard fl
 =================================  ======================================================  ===========
 
 Besides the figures: ``cyberseceval_skipped`` ({benchmark: reason}), ``cyberseceval_self_judged``,
-``goat_judge``, ``goat_attacker``.
+``goat_judge``, ``goat_attacker``, ``goat_self_judged``, and GOAT's judge counts ``goat_judged_replies``,
+``goat_judge_unparsed``. A gate counts a judged figure as missing when its judge is the model itself,
+left more than ``gate.max_judge_unparsed`` of its answers unparsed, or (GOAT) when the attacker fell
+back to a template on every turn (:mod:`tasks.registry.health`).
 """
 
 from __future__ import annotations
@@ -170,7 +173,10 @@ def run_goat_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: Ou
     figures.update({f"goat_{key}": value for key, value in result.summary["metrics"].items()})
     figures.update(goat_goals=len(goals), goat_conversations=len(result.conversations),
                    goat_prompt_guard_flag_rate=flagged / len(prompts) if prompts else 0.0,
-                   goat_judge=judge.name, goat_attacker=attacker.name)
+                   goat_judge=judge.name, goat_attacker=attacker.name, goat_self_judged=goat.judge == "target",
+                   # The judge's health, which the gate reads (tasks.registry.health): verdicts it could not read.
+                   goat_judged_replies=result.summary["judged_replies"],
+                   goat_judge_unparsed=result.summary["judge_unparsed"])
 
     def draw(figure) -> None:
         axes = figure.add_subplot(1, 1, 1)
