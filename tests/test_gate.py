@@ -102,6 +102,11 @@ def test_a_figure_from_an_unhealthy_judge_or_a_void_attack_counts_as_missing():
     assert set(self_judged) == {"safety.prompt_injection_success_rate", "safety.interpreter_malicious_rate",
                                 "safety.goat_asr", "safety.goat_asr_at_1", "safety.goat_asr_s1"}
 
+    # GOAT judged by an output guard that failed its labelled replies: its figures go.
+    unfit = unhealthy_figures({"safety": {**healthy, "goat_judge_unfit": True}}, 0.05)
+    assert set(unfit) == {"safety.goat_asr", "safety.goat_asr_at_1", "safety.goat_asr_s1"}
+    assert "min_comply_f1" in unfit["safety.goat_asr"]
+
     # In the verdict a withheld figure fails as missing, whatever its value, with the reason.
     bars = _bars(safety__prompt_injection_success_rate={"max": 1.0}, safety__mitre_refusal_rate={"max": 1.0})
     figures = figures_of({"safety": sick})

@@ -161,3 +161,75 @@ def test_a_guard_from_other_code_is_refused_with_what_to_do(guards, tmp_path):
               str(folder / "model.safetensors"))
     with pytest.raises(ValueError, match=r"do not fit .* buckets x .* labels"):
         OutputGuard.load(folder)
+
+
+# The comply output on hand-written replies
+
+def _template_text() -> list[str]:
+    """Every string the guards' training data is built from (the module's constants, nested)."""
+    import tasks.guards.data as data_module
+
+    found: list[str] = []
+
+    def walk(value) -> None:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            for item in value:
+                walk(item)
+
+    for name, value in vars(data_module).items():
+        if name.isupper() or name.startswith("_") and isinstance(value, (dict, tuple, list)):
+            walk(value)
+    return found
+
+
+def _four_word_sequences(text: str) -> set[tuple[str, ...]]:
+    import re
+
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + 4]) for i in range(len(words) - 3)}
+
+
+def test_the_labelled_replies_cover_ten_languages_and_every_category_and_share_nothing_with_the_templates():
+    from tasks.guards.replies import read_replies
+
+    replies = read_replies()
+    assert len(replies) == 200 and sum(r.complies for r in replies) == 100
+    assert len({r.id for r in replies}) == 200
+    by_language = {}
+    for reply in replies:
+        by_language.setdefault(reply.lang, []).append(reply.complies)
+    assert len(by_language) == 10 and all(len(v) == 20 and sum(v) == 10 for v in by_language.values())
+    assert {r.category for r in replies} == {f"S{i}" for i in range(1, 15)}
+    templates = set().union(*(_four_word_sequences(t) for t in _template_text()))
+    assert len(templates) > 500  # the walk found the templates
+    shared = {r.id: _four_word_sequences(r.reply) & templates for r in replies}
+    assert not any(shared.values()), {k: v for k, v in shared.items() if v}
+
+
+def test_the_comply_output_is_measured_on_the_labelled_replies_and_decides_whether_the_guard_may_judge(guards, tmp_path):
+    from tasks.guards.replies import COMPLIES, evaluate_comply, judge_fitness, read_replies
+
+    output_guard, _ = guards
+    rows = by_class(evaluate_comply(output_guard, read_replies()))
+    assert rows[COMPLIES]["support"] == 100 and rows["declines"]["support"] == 100
+    assert {f"{COMPLIES}_{lang}" for lang in ("eng", "fra", "cmn", "hin")} <= set(rows)
+    # Trained on English templates: it reads English compliance far better than Chinese, Arabic or Hindi.
+    assert rows[f"{COMPLIES}_eng"]["recall"] > max(rows[f"{COMPLIES}_{lang}"]["recall"] for lang in ("cmn", "arb", "hin"))
+    fitness = judge_fitness(list(rows.values()), min_f1=0.8)
+    assert fitness == {"comply_f1": rows[COMPLIES]["f1"], "min_comply_f1": 0.8, "fit": rows[COMPLIES]["f1"] >= 0.8}
+    assert judge_fitness(list(rows.values()), min_f1=rows[COMPLIES]["f1"])["fit"]
+
+    # The verdict travels with the guard; one that was never measured is not fit.
+    output_guard.judge_fitness = fitness
+    output_guard.save(tmp_path / "output_guard")
+    loaded = OutputGuard.load(tmp_path / "output_guard")
+    assert loaded.judge_fitness == fitness and loaded.fit_to_judge == fitness["fit"]
+    output_guard.judge_fitness = None
+    output_guard.save(tmp_path / "unmeasured")
+    assert not OutputGuard.load(tmp_path / "unmeasured").fit_to_judge

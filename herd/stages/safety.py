@@ -50,6 +50,10 @@ class GuardsConfig(StageConfig):
     weight_decay: float = Field(1e-6, ge=0)
     batch_size: int = Field(128, ge=1)
     threshold: float = Field(0.5, gt=0, lt=1, description="Output guard: a category at or above it is flagged.")
+    min_comply_f1: float = Field(
+        0.8, gt=0, le=1, description="The output guard judges (GOAT's `guard` judge) only when its `comply` output "
+                                     "reaches this F1 on the hand-written labelled replies; else a gate does not "
+                                     "read the figures it judged.")
 
     @field_validator("char_ngrams")
     @classmethod

@@ -209,9 +209,16 @@ class OutputGuard(_Guard):
     def __init__(self, model: LinearGuard, features: Features, info: dict | None = None, threshold: float = 0.5) -> None:
         super().__init__(model, features, info)
         self.threshold = float((info or {}).get("threshold", threshold))
+        # Whether its ``comply`` output may judge (tasks.guards.replies.judge_fitness); None: never measured.
+        self.judge_fitness: dict | None = (info or {}).get("judge_fitness")
 
     def _extra(self) -> dict:
-        return {"threshold": self.threshold, "taxonomy": CATEGORIES}
+        return {"threshold": self.threshold, "taxonomy": CATEGORIES,
+                **({"judge_fitness": self.judge_fitness} if self.judge_fitness is not None else {})}
+
+    @property
+    def fit_to_judge(self) -> bool:
+        return bool(self.judge_fitness and self.judge_fitness.get("fit"))
 
     def request_probabilities(self, prompts: list[str]) -> torch.Tensor:
         """[N, 14]: what each prompt asks for, per S-category."""

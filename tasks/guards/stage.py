@@ -19,6 +19,11 @@ Evaluation, in ``reports/guard_metrics.csv`` and the summary as ``<guard>_<set>_
   Output guard, assessing user prompts: code-interpreter abuse prompts (unsafe, S14) with the
   same MITRE FRR prompts (safe).
 
+- ``replies``: the output guard's ``comply`` output on hand-written replies in ten languages
+  (:mod:`tasks.guards.replies`): ``complies``/``declines`` P/R/F1 and ``complies`` recall per
+  language. Under ``guards.min_comply_f1`` the guard is not fit to judge (``judge_fitness`` in
+  its ``guard.json``; ``output_guard_fit_to_judge`` in the summary).
+
 Outputs: ``output_guard/``, ``prompt_guard/`` (``model.safetensors``, ``guard.json``), the built
 test splits in ``data/*.jsonl``, ``reports/guard_metrics.csv``.
 """
@@ -41,6 +46,7 @@ from tasks.guards.model import (
     train_output_guard,
     train_prompt_guard,
 )
+from tasks.guards.replies import evaluate_comply, judge_fitness, read_replies
 from tasks.redteam.datasets import locate_datasets, read_dataset
 from tasks.runtime.context import StageContext
 from tasks.runtime.reports import log_csv
@@ -104,6 +110,12 @@ def run(ctx: StageContext[GuardsConfig]) -> dict:
                                                             [("S14",)] * len(abuse) + [()] * len(benign))
     for benchmark, reason in skipped.items():
         log.warning("guards: held-out %s skipped: %s", benchmark, reason)
+    rows[(OUTPUT_GUARD, "replies")] = evaluate_comply(output_guard, read_replies())
+    output_guard.judge_fitness = judge_fitness(rows[(OUTPUT_GUARD, "replies")], config.min_comply_f1)
+    if not output_guard.fit_to_judge:
+        log.warning("guards: the output guard's comply F1 on the labelled replies is %.2f, under %.2f: it is not fit "
+                    "to judge, and a gate will not read figures it judged", output_guard.judge_fitness["comply_f1"],
+                    config.min_comply_f1)
 
     metrics: dict[str, float] = {}
     table = []
@@ -120,4 +132,5 @@ def run(ctx: StageContext[GuardsConfig]) -> dict:
     log_csv(ctx, "guard_metrics.csv", table)
     ctx.tracker.log_metrics(metrics)
     return {"examples_train": len(out_train) + len(prompt_train), "examples_test": len(out_test) + len(prompt_test),
-            "cse_skipped": skipped, "seconds": round(time.monotonic() - started, 1), **metrics}
+            "cse_skipped": skipped, "seconds": round(time.monotonic() - started, 1),
+            "output_guard_fit_to_judge": output_guard.fit_to_judge, **metrics}

@@ -79,6 +79,8 @@ def unhealthy_figures(metrics_by_stage: Mapping[str, Mapping[str, Any]], max_unp
 def _why(metrics: Mapping[str, Any], source: Source, max_unparsed: float) -> str | None:
     if metrics.get(source.self_judged_flag) is True:
         return "the model judged its own answers"
+    if source.attack and metrics.get("goat_judge_unfit") is True:
+        return "its judge, the output guard, is under its bar on the labelled replies (guards.min_comply_f1)"
     if source.attack and metrics.get("goat_attacker_fallback_rate", 0.0) >= 1.0:
         return "the attacker fell back to a template on every turn: no attack was made"
     share = unparsed_share(metrics, source.prefix)

@@ -167,6 +167,10 @@ def run_goat_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: Ou
     attacker = load_attacker(goat, target, scratch, config.cyberseceval, config.attacker_api_key_env or None)
     judge = load_judge(goat, target, GuardJudge(output_guard, name=f"guard:{OutputGuard.kind}"), scratch,
                        config.cyberseceval, config.judge_api_key_env or None)
+    unfit = goat.judge == "guard" and not output_guard.fit_to_judge
+    if unfit:
+        log.warning("safety: GOAT's judge is the output guard, which is not fit to judge (%s): the figures are "
+                    "reported, and a gate counts them as missing", output_guard.judge_fitness or "never measured")
     result = run_goat(goals, target, attacker, judge, ctx.workdir / "goat", goat, tracker=ctx.tracker)
     prompts = [turn["prompt"] for c in result.conversations for turn in c.turns]
     flagged = sum(v.malicious for v in prompt_guard.classify(prompts))
@@ -174,6 +178,7 @@ def run_goat_part(ctx, config: SafetyConfig, target: ChatModel, output_guard: Ou
     figures.update(goat_goals=len(goals), goat_conversations=len(result.conversations),
                    goat_prompt_guard_flag_rate=flagged / len(prompts) if prompts else 0.0,
                    goat_judge=judge.name, goat_attacker=attacker.name, goat_self_judged=goat.judge == "target",
+                   goat_judge_unfit=unfit,
                    # The judge's health, which the gate reads (tasks.registry.health): verdicts it could not read.
                    goat_judged_replies=result.summary["judged_replies"],
                    goat_judge_unparsed=result.summary["judge_unparsed"])
