@@ -25,6 +25,7 @@ from tasks.problems.sandbox import Unconfined, confinement, run_code
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "herd-secret-" + uuid.uuid4().hex
 POSTGRES = ("127.0.0.1", 5432)
+POSTGRES_SOCKET = "/var/run/postgresql/.s.PGSQL.5432"  # trusts local users: as good as a network for an attacker
 ORDINARY_UID = 1000
 ESCAPED = Path("/tmp") / f"herd-escape-{uuid.uuid4().hex}"  # world-writable: only the sandbox stands in the way
 
@@ -40,6 +41,17 @@ ATTACKS = {
         "    if libc.connect(fd, addr, len(addr)) == 0:\n        return 'connected'\n"
         "    return 'connect refused, errno %d' % ctypes.get_errno()\n",
         list(POSTGRES),
+    ),
+    "unix_socket": (
+        "import ctypes\n"
+        "def f(path):\n"
+        "    libc = ctypes.CDLL(None, use_errno=True)\n"
+        "    fd = libc.socket(1, 1, 0)\n"  # AF_UNIX, SOCK_STREAM
+        "    if fd < 0:\n        return 'socket refused, errno %d' % ctypes.get_errno()\n"
+        "    addr = (1).to_bytes(2, 'little') + path.encode() + bytes(1)\n"
+        "    if libc.connect(fd, addr, len(addr)) == 0:\n        return 'connected'\n"
+        "    return 'connect refused, errno %d' % ctypes.get_errno()\n",
+        [POSTGRES_SOCKET],
     ),
     "environ": (
         "import os\n"
@@ -127,9 +139,11 @@ def probed(request) -> dict:
 
 
 def test_the_targets_are_there_to_attack():
-    # Positive controls: without the sandbox the socket connects and /tmp takes a file.
+    # Positive controls: without the sandbox both sockets connect and /tmp takes a file.
     with socket.create_connection(POSTGRES, timeout=5):
         pass
+    with socket.socket(socket.AF_UNIX) as local:
+        local.connect(POSTGRES_SOCKET)
     assert os.access("/tmp", os.W_OK)
 
 
@@ -143,8 +157,9 @@ def test_every_run_is_confined_and_says_how(probed):
 
 
 def test_code_opens_no_socket(probed):
-    output = probed["runs"]["socket"]["output"]
-    assert output == {"value": "socket refused, errno 97"}, output  # EAFNOSUPPORT, from the seccomp filter
+    for attack in ("socket", "unix_socket"):
+        output = probed["runs"][attack]["output"]
+        assert output == {"value": "socket refused, errno 1"}, (attack, output)  # EPERM, from the seccomp filter
 
 
 def test_code_cannot_read_the_checkers_environment(probed):

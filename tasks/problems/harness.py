@@ -10,8 +10,8 @@ Confinement, in order, each layer named in ``isolation`` when it took hold:
 
 - ``nobody``: root drops to ``nobody`` (another user cannot read the parent's ``/proc`` files);
 - ``rlimits``: CPU time, address space, file size, open files, no new processes or threads;
-- ``seccomp``: ``socket`` fails for every family but AF_UNIX, and ``io_uring`` (which could open
-  sockets past the filter) is refused, so no network whatever the namespace;
+- ``seccomp``: ``socket`` fails for every family, UNIX sockets included, and ``io_uring`` (which
+  could open sockets past the filter) is refused, so no network and no local service;
 - ``landlock``: files only under the working folder (read-write) and the standard library
   (read-only), no ptrace or signals out of the sandbox, so ``/proc/<ppid>/environ`` is shut
   even to the same user.
@@ -58,7 +58,7 @@ _ARCH = {"x86_64": (0xC000003E, {"socket": 41, "io_uring_setup": 425}),
 _LD_ABS, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06
 _ALLOW, _KILL, _ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
 _X32 = 0x40000000  # x86_64's x32 syscall numbers: another way to reach socket
-_AF_UNIX, _EPERM, _EAFNOSUPPORT = 1, 1, 97
+_EPERM = 1
 
 
 class _PathBeneath(ctypes.Structure):
@@ -110,7 +110,11 @@ def _limit(cpu_s, memory_mb, file_mb):
 
 
 def _no_network(libc):
-    """A seccomp filter: ``socket`` only for AF_UNIX, no ``io_uring``; False where it cannot be installed."""
+    """A seccomp filter: no ``socket`` of any family, no ``io_uring``; False where it cannot be installed.
+
+    AF_UNIX too: a local service's socket (a database that trusts local users) leads out of the
+    sandbox as surely as the network does. ``socketpair`` stays: it reaches nothing outside.
+    """
     arch = _ARCH.get(platform.machine())
     if arch is None:
         return False
@@ -124,12 +128,9 @@ def _no_network(libc):
         (_RET, 0, 0, _ERRNO | _EPERM),
         (_JEQ, 0, 1, numbers["io_uring_setup"]),
         (_RET, 0, 0, _ERRNO | _EPERM),
-        (_JEQ, 1, 0, numbers["socket"]),
+        (_JEQ, 0, 1, numbers["socket"]),
+        (_RET, 0, 0, _ERRNO | _EPERM),
         (_RET, 0, 0, _ALLOW),
-        (_LD_ABS, 0, 0, 16),  # seccomp_data.args[0], the family (its low half: the word an int is read from)
-        (_JEQ, 0, 1, _AF_UNIX),
-        (_RET, 0, 0, _ALLOW),
-        (_RET, 0, 0, _ERRNO | _EAFNOSUPPORT),
     ]
     filters = (_SockFilter * len(program))(*[_SockFilter(*row) for row in program])
     fprog = _SockFprog(len(program), filters)

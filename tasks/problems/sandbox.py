@@ -4,7 +4,7 @@ Each run is a fresh ``python -I -S`` (no environment variables, user site or sit
 read) in an empty temporary folder, with no inherited environment, in a session of its own.
 :mod:`tasks.problems.harness` confines itself before the code runs: resource limits (CPU
 time, address space, file size, open files, no new processes or threads), a seccomp filter
-that allows no socket but AF_UNIX, Landlock (files only in its folder and the standard library,
+that allows no socket (UNIX ones included), Landlock (files only in its folder and the standard library,
 no ptrace or signals out), and the drop from root to ``nobody`` where it starts as root. The
 parent kills the whole session at the wall-clock limit or when the run ends, and deletes the
 folder.
