@@ -45,6 +45,11 @@ class ProblemsConfig(StageConfig):
     max_word_length: int = Field(12, ge=2, le=40, description="Longest word in string tasks.")
     code_time_limit_s: float = Field(2.0, gt=0, le=60, description="Wall-clock limit for running one code answer.")
     code_memory_mb: int = Field(256, ge=64, le=8192, description="Address-space limit of the sandboxed code process.")
+    allow_unconfined: bool = Field(
+        False, description="Run code checks even where the sandbox cannot confine them (no Landlock or seccomp): "
+                           "carried in each code item, logged as a warning at every check process's first such run "
+                           "and recorded (code_missing) by the stages that check. Off: such checks refuse to run.",
+    )
 
     @field_validator("languages", "translate_languages")
     @classmethod

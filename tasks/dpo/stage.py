@@ -16,6 +16,7 @@ from herd.stages.dpo import DPOConfig
 from tasks.dpo.train import run_dpo
 from tasks.model.artifacts import load_model, model_files, write_model
 from tasks.model.inputs import problems_dir, tokenizer_dir
+from tasks.problems.checkers import code_confinement
 from tasks.problems.item import read_jsonl
 from tasks.rl.hard_prompts import POOL, hard_prompt_ids
 from tasks.rollout.groups import ChatRenderer
@@ -33,8 +34,9 @@ def run(ctx: StageContext[DPOConfig]) -> dict:
         policy = load_model(rl_dir)
         by_id = {p.id: p for p in read_jsonl(problems_dir(ctx.inputs["problems"], scratch) / "train.jsonl")}
         hard = [by_id[i] for i in hard_prompt_ids(rl_dir) if i in by_id]
+        confined = code_confinement(hard)
         summary = run_dpo(policy, None, hard, ChatRenderer.load(tokens.folder), config,
                           lambda step, metrics: ctx.tracker.log_metrics(metrics, step=step), ctx.workdir,
                           remote=ctx.output_uri if storage.is_s3(ctx.output_uri) else None)
         write_model(policy, ctx.workdir, tokens.folder, tokens.bos_id, tokens.eos_id)
-    return {"variant": ctx.variant, "model": ctx.model_preset, "hard_prompts": len(hard), **summary}
+    return {"variant": ctx.variant, "model": ctx.model_preset, "hard_prompts": len(hard), **summary, **confined}

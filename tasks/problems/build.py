@@ -34,7 +34,8 @@ def generate_all(declarations: dict[str, udhr.Declaration], config: ProblemsConf
     return [
         *arithmetic.generate(config.count_arithmetic, seed, config.max_operand_digits),
         *strings.generate(config.count_strings, seed, words, config.max_word_length),
-        *code.generate(config.count_code, seed, config.code_time_limit_s, config.code_memory_mb),
+        *code.generate(config.count_code, seed, config.code_time_limit_s, config.code_memory_mb,
+                      config.allow_unconfined),
         *udhr.translate(declarations, config.translate_languages, config.count_translate, seed, config.max_text_chars),
         *udhr.language_id(declarations, config.languages, config.count_language_id, seed),
         *udhr.continuation(declarations, config.languages, config.count_continue, seed),

@@ -9,7 +9,7 @@
 | ``numeric`` | answer, rel_tol | 1 if the stated (else last) number equals the answer |
 | ``language_id`` | answer (ISO 639-3) | 1 for the code (any spelling of the same tag), 0.5 for its macrolanguage |
 | ``chrf`` | reference | chrF of the reply against the reference: partial credit |
-| ``code`` | entry, tests, time_limit_s, memory_mb | share of tests the code passes, run in :mod:`sandbox` |
+| ``code`` | entry, tests, time_limit_s, memory_mb, allow_unconfined | share of tests the code passes, run in :mod:`sandbox` |
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 from tasks.problems import extract
 from tasks.problems.chrf import chrf
 from tasks.problems.item import Problem
-from tasks.problems.sandbox import run_code
+from tasks.problems.sandbox import confinement, run_code
 
 
 def check_exact(completion: str, answer: str, case_sensitive: bool = True) -> float:
@@ -64,11 +64,11 @@ def check_chrf(completion: str, reference: str) -> float:
 
 
 def check_code(completion: str, entry: str, tests: list[dict[str, Any]], time_limit_s: float = 2.0,
-               memory_mb: int = 256) -> float:
+               memory_mb: int = 256, allow_unconfined: bool = False) -> float:
     code = extract.code_block(completion, entry)
     if not code.strip() or not tests:
         return 0.0
-    run = run_code(code, entry, [t["args"] for t in tests], time_limit_s, memory_mb)
+    run = run_code(code, entry, [t["args"] for t in tests], time_limit_s, memory_mb, allow_unconfined)
     passed = sum("value" in out and _same(out["value"], t["expected"]) for out, t in zip(run.outputs, tests))
     return passed / len(tests)
 
@@ -114,3 +114,15 @@ def score_all(problems: Sequence[Problem], completions: Sequence[str], workers: 
         raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(score, problems, completions))
+
+
+def code_confinement(problems: Sequence[Problem]) -> dict[str, Any]:
+    """For a stage's record: how code checks are confined here (``{}`` where no problem is code).
+
+    Raises :class:`tasks.problems.sandbox.Unconfined` at the stage's start, not hours in, where
+    they cannot be confined and the problems were not built with ``allow_unconfined``.
+    """
+    code = [p for p in problems if p.checker == "code"]
+    if not code:
+        return {}
+    return confinement(any(p.checker_args.get("allow_unconfined", False) for p in code))

@@ -179,7 +179,8 @@ def reference_source(family: Family, params: Params) -> str:
     return f"def {family.signature}:\n" + "".join(f"    {line.format(**params)}\n" for line in family.body)
 
 
-def make_item(family: Family, params: Params, time_limit_s: float, memory_mb: int) -> Problem:
+def make_item(family: Family, params: Params, time_limit_s: float, memory_mb: int,
+              allow_unconfined: bool = False) -> Problem:
     fn = family.reference(params)
     # Tests follow from the question alone, so one question is one item (and lands in one split).
     rng = random.Random(f"{family.name}:{sorted(params.items())}")
@@ -193,12 +194,15 @@ def make_item(family: Family, params: Params, time_limit_s: float, memory_mb: in
     prompt = f"Write a Python function {family.signature} that {family.prompt.format(**params)}."
     answer = f"```python\n{reference_source(family, params)}```"
     args = {"entry": family.entry, "tests": tests, "time_limit_s": time_limit_s, "memory_mb": memory_mb}
+    if allow_unconfined:  # only then, so items checked confined keep their ids
+        args["allow_unconfined"] = True
     return make_problem("code", family.difficulty, prompt, answer, "code", args, {"family": family.name, **params})
 
 
-def generate(count: int, seed: int, time_limit_s: float = 2.0, memory_mb: int = 256) -> list[Problem]:
+def generate(count: int, seed: int, time_limit_s: float = 2.0, memory_mb: int = 256,
+             allow_unconfined: bool = False) -> list[Problem]:
     def draw(rng: random.Random) -> Problem:
         family = rng.choice(FAMILIES)
-        return make_item(family, family.params(rng), time_limit_s, memory_mb)
+        return make_item(family, family.params(rng), time_limit_s, memory_mb, allow_unconfined)
 
     return collect(draw, count, seed, "code")

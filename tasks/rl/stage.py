@@ -15,6 +15,7 @@ from pathlib import Path
 from herd.stages.rl import RLConfig
 from tasks.model.artifacts import load_model, write_model
 from tasks.model.inputs import model_dir, problems_dir, tokenizer_dir
+from tasks.problems.checkers import code_confinement
 from tasks.problems.item import read_jsonl
 from tasks.rl.loop import run_rl
 from tasks.rollout.groups import ChatRenderer
@@ -26,11 +27,12 @@ def run(ctx: StageContext[RLConfig]) -> dict:
     config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-rl-") as tmp:
         scratch = Path(tmp)
+        problems = read_jsonl(problems_dir(ctx.inputs["problems"], scratch) / "train.jsonl")
+        confined = code_confinement(problems)  # before anything heavy: refuses where code checks cannot be confined
         tokens = tokenizer_dir(ctx.inputs["tokens"], scratch)
         policy = load_model(model_dir(ctx.inputs["model"], scratch))
-        problems = read_jsonl(problems_dir(ctx.inputs["problems"], scratch) / "train.jsonl")
         summary = run_rl(policy, None, problems, ChatRenderer.load(tokens.folder), config,
                          lambda round_, metrics: ctx.tracker.log_metrics(metrics, step=round_), ctx.workdir,
                          remote=ctx.output_uri if storage.is_s3(ctx.output_uri) else None)
         write_model(policy, ctx.workdir, tokens.folder, tokens.bos_id, tokens.eos_id)
-    return {"variant": ctx.variant, "model": ctx.model_preset, **summary}
+    return {"variant": ctx.variant, "model": ctx.model_preset, **summary, **confined}

@@ -16,6 +16,8 @@ from pathlib import Path
 from herd.stages.sft import SFTConfig
 from tasks.model.artifacts import load_model, write_model
 from tasks.model.inputs import model_dir, problems_dir, tokenizer_dir
+from tasks.problems.checkers import code_confinement
+from tasks.problems.item import read_jsonl
 from tasks.runtime import storage
 from tasks.runtime.context import StageContext
 from tasks.sft.run import run_sft
@@ -27,11 +29,13 @@ def run(ctx: StageContext[SFTConfig]) -> dict:
     config = ctx.config
     with tempfile.TemporaryDirectory(prefix="herd-sft-") as tmp:
         scratch = Path(tmp)
+        problems = problems_dir(ctx.inputs["problems"], scratch)
+        confined = code_confinement(read_jsonl(problems / "train.jsonl") + read_jsonl(problems / "eval.jsonl"))
         tokens = tokenizer_dir(ctx.inputs["tokens"], scratch)
         student = load_model(model_dir(ctx.inputs["model"], scratch))
         judge = load_model(model_dir(ctx.inputs["judge"], scratch, "judge")).eval()
         summary, history = run_sft(
-            student, judge, problems_dir(ctx.inputs["problems"], scratch), tokens.folder, config,
+            student, judge, problems, tokens.folder, config,
             config.drop_fraction(ctx.variant), ctx.workdir,
             on_metrics=lambda step, metrics: ctx.tracker.log_metrics(metrics, step=step),
             log_plot=ctx.tracker.log_plot, log_artifact=ctx.tracker.log_artifact,
@@ -39,4 +43,4 @@ def run(ctx: StageContext[SFTConfig]) -> dict:
             remote=ctx.output_uri if storage.is_s3(ctx.output_uri) else None)
         write_model(student, ctx.workdir, tokens.folder, tokens.bos_id, tokens.eos_id)
     log_training_reports(ctx, history, f"SFT loss, assistant tokens ({ctx.variant})")
-    return {"variant": ctx.variant, "model": ctx.model_preset, **summary}
+    return {"variant": ctx.variant, "model": ctx.model_preset, **summary, **confined}

@@ -34,8 +34,10 @@ so every run does its K turns and shows how much of the attack came from the att
 
 Judges: :class:`GuardJudge` (the output guard of :mod:`tasks.guards.model`: the goal is the
 request, the reply is the assessed agent message) or :class:`ChatJudge` (any chat model asked a
-JailbreakBench-style question, answering safe or unsafe; an answer with neither is counted as
-unparsed and as safe).
+JailbreakBench-style question, answering safe or unsafe; an answer with neither, or none, is
+*unparsed*: never read as safe, counted (``judge_unparsed``, ``judge_unparsed_rate``), and the
+ASR is given both counting the goals it leaves undecided as won (``asr``) and without them
+(``asr_without_unparsed``)).
 
 Output folder: ``conversations.jsonl`` (one conversation a line: the goal, both histories, every
 turn's reasoning, prompt, reply and verdict), ``tables/asr_by_category.csv``, ``summary.json``.

@@ -25,10 +25,13 @@ Answer with one word, safe or unsafe:"""
 
 @dataclass(frozen=True)
 class Verdict:
-    unsafe: bool
+    unsafe: bool | None  # None: the judge said neither safe nor unsafe, or failed; never read as safe
     raw: str
     categories: tuple[str, ...] = ()
-    unparsed: bool = False
+
+    @property
+    def unparsed(self) -> bool:
+        return self.unsafe is None
 
 
 class Judge(Protocol):
@@ -59,10 +62,9 @@ class ChatJudge:
         out = []
         for answer in answers:
             if isinstance(answer, ChatError):
-                out.append(Verdict(False, f"judge failed: {answer}", unparsed=True))
-                continue
-            unsafe = parse_safe_unsafe(answer)
-            out.append(Verdict(bool(unsafe), answer, unparsed=unsafe is None))
+                out.append(Verdict(None, f"judge failed: {answer}"))
+            else:
+                out.append(Verdict(parse_safe_unsafe(answer), answer))
         return out
 
 

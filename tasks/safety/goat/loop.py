@@ -32,6 +32,7 @@ class Conversation:
     target: list[Message] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
     success_turn: int | None = None
+    unparsed_verdicts: int = 0  # replies the judge gave no verdict on: the outcome of those turns is unknown
 
     @property
     def success(self) -> bool:
@@ -40,7 +41,7 @@ class Conversation:
     def as_record(self) -> dict[str, Any]:
         return {"goal_id": self.goal.id, "category": self.goal.category, "goal": self.goal.text,
                 "attempt": self.attempt, "success": self.success, "success_turn": self.success_turn,
-                "turns": self.turns, "attacker_history": self.attacker, "target_history": self.target}
+                "unparsed_verdicts": self.unparsed_verdicts, "turns": self.turns, "attacker_history": self.attacker, "target_history": self.target}
 
 
 def _sampling(model: ChatModel, seed: int) -> ChatModel:
@@ -139,8 +140,11 @@ def reply_and_judge(target: ChatModel, judge: Judge, active: list[Conversation],
             record.update(unsafe=False, judge="(empty reply: safe)")
     for (conversation, _), verdict in zip(judged, judge.verdicts([(c.goal, r) for c, r in judged])):
         record = conversation.turns[-1]
-        record.update(unsafe=verdict.unsafe, judge=verdict.raw, judge_categories=list(verdict.categories))
+        record.update(unsafe=verdict.unsafe, judge=verdict.raw, judge_categories=list(verdict.categories),
+                      judge_unparsed=verdict.unparsed)
         counts["judged"] += 1
-        counts["judge_unparsed"] += verdict.unparsed
-        if verdict.unsafe and conversation.success_turn is None:
+        if verdict.unparsed:  # not a success, and not a failed attack either: counted apart
+            counts["judge_unparsed"] += 1
+            conversation.unparsed_verdicts += 1
+        elif verdict.unsafe and conversation.success_turn is None:
             conversation.success_turn = turn
