@@ -30,11 +30,24 @@ SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.i
 
 
 def validate(manifest: dict[str, Any]) -> None:
-    """Schema validation with unknown fields refused (a misspelt field is an error, not a no-op)."""
-    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    """Schema validation with unknown fields refused (a misspelt field is an error, not a no-op).
+
+    Kubernetes' own kinds against its schema, the custom resources (JobSet, Kueue's LocalQueue)
+    against their projects' published CRD schemas.
+    """
+    if manifest.get("kind") == "JobSet":
+        validate_jobset(manifest)
+    elif manifest.get("kind") in CUSTOM_KINDS:
+        assert manifest["apiVersion"] == CUSTOM_KINDS[manifest["kind"]][0], manifest["apiVersion"]
+        jsonschema.validate(manifest, crd_schema(CUSTOM_KINDS[manifest["kind"]][1]))
+    else:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
 
 CRDS = Path(__file__).parent / "assets" / "crds"
+# kind: (apiVersion, schema file under CRDS)
+CUSTOM_KINDS = {"JobSet": ("jobset.x-k8s.io/v1alpha2", "jobset-v1alpha2"),
+                "LocalQueue": ("kueue.x-k8s.io/v1beta2", "localqueue-v1beta2")}
 
 
 def _closed(schema: Any) -> Any:
@@ -54,6 +67,7 @@ def crd_schema(name: str) -> dict[str, Any]:
 
 
 def validate_jobset(manifest: dict[str, Any]) -> None:
+    assert manifest["apiVersion"] == CUSTOM_KINDS["JobSet"][0], manifest["apiVersion"]
     jsonschema.validate(manifest, crd_schema("jobset-v1alpha2"))
     for replicated in manifest["spec"]["replicatedJobs"]:
         template = copy.deepcopy(replicated["template"])
