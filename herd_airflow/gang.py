@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -37,9 +38,6 @@ from herd.deploy import KubernetesSettings
 from herd.stage import BAD_INPUT_EXIT, OUTPUT_LINE_PREFIX, SKIP_EXIT, Resources
 from herd_airflow.manifests import (INDEX_LABEL, JOBSET_API, JOBSET_NAME_LABEL, RESTART_LABEL, STAGE_CONTAINER,
                                     TASK_LABEL, gang_jobset)
-
-TRIGGER_FAIL = "__fail__"  # Airflow's next_method when a deferral timed out or its trigger failed
-
 
 def task_key(dag_id: str, run_id: str, task_id: str) -> str:
     """What every try of one task in one DAG run shares: the gangs' ``herd.dev/task`` label."""
@@ -193,6 +191,7 @@ class GangTrigger(BaseTrigger):
             status = jobset.get("status") or {}
             if status.get("restarts", 0) > restarts:
                 restarts = status["restarts"]
+                admitted_at = None  # the new attempt's pods get their own time to be scheduled
                 self.log.warning("gang %s: the JobSet restarted the whole gang (restart %d, %d counted against "
                                  "maxRestarts)", self.name, restarts, status.get("restartsCountTowardsMax", 0))
             if suspended(jobset) and not state:
@@ -268,11 +267,14 @@ class GangOperator(BaseOperator):
     def execute(self, context: Any) -> None:
         custom = self._custom()
         key = task_key(self.dag_id, context["run_id"], self.task_id)
-        running = [g for g in self._gangs(custom, key) if not finished(g)]
-        if running:
-            # The previous worker died while the gang ran on: follow it, do not start another.
-            name = running[0]["metadata"]["name"]
-            self.log.info("gang %s is still running from an earlier try: reattaching", name)
+        # A gang of an earlier try that did not fail outlived the worker that followed it (it
+        # may even have finished): follow it rather than start another.
+        kept = sorted((g for g in self._gangs(custom, key) if finished(g) != "Failed"),
+                      key=lambda g: finished(g) is not None)
+        if kept:
+            name = kept[0]["metadata"]["name"]
+            self.log.info("gang %s of an earlier try is %s: reattaching", name,
+                          (finished(kept[0]) or "running").lower())
         else:
             name = gang_name(self.dag_id, context["run_id"], self.task_id, context["ti"].try_number)
             stage = self.task_id.rsplit(".", 1)[-1]
@@ -305,8 +307,8 @@ class GangOperator(BaseOperator):
         raise RuntimeError(f"{self.task_id}: {event.get('message')}")
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any):
-        if next_method == TRIGGER_FAIL:
-            # Timed out (execution_timeout) or the trigger broke: the gang must not train on unwatched.
+        if next_method == TRIGGER_FAIL_REPR:  # the deferral timed out (execution_timeout) or the trigger broke
+            # The gang must not train on unwatched.
             custom = self._custom()
             for gang in self._gangs(custom, task_key(self.dag_id, context["run_id"], self.task_id)):
                 self._delete(custom, gang["metadata"]["name"])

@@ -290,3 +290,20 @@ def test_half_a_gang_gives_its_nodes_back_after_the_startup_timeout(tmp_path, mo
     with pytest.raises(RuntimeError, match="only 1 of 2 gang pods were scheduled within 2 s"):
         _run(operator, cluster, monkeypatch)
     assert len(cluster.created) == 1 and not cluster.jobsets  # no restart into the same shortage; JobSet deleted
+
+
+def test_a_gang_whose_task_timed_out_is_deleted_not_left_training(tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import TaskDeferralTimeout
+    from airflow.sdk.bases.operator import TriggerFailureReason
+
+    cluster = LocalCluster(tmp_path)
+    monkeypatch.setattr(GangTrigger, "clients", staticmethod(lambda conn_id: (cluster, cluster)))
+    try:
+        operator = _gang_operator(restarts=0)
+        context, _ = _defer(operator)
+        assert cluster.jobsets
+        with pytest.raises(TaskDeferralTimeout):
+            operator.resume_execution("__fail__", {"error": TriggerFailureReason.TRIGGER_TIMEOUT}, context)
+        assert not cluster.jobsets and len(cluster.deleted) == 1
+    finally:
+        cluster.close()
