@@ -207,14 +207,7 @@ class GangTrigger(BaseTrigger):
             # Overlapping windows (the kubelet's clock, not the test's): LogTail drops what was shown.
             since = None if last_read is None else int(time.monotonic() - last_read + self.poll_seconds) + 5
             last_read = time.monotonic()
-            for pod in sorted(pods, key=lambda p: (_attempt(p), _index(p))):
-                if pod.status.phase == "Pending":
-                    continue
-                new_pod = pod.metadata.name not in tails
-                for line in await self._new_lines(core, pod.metadata.name, None if new_pod else since, tails):
-                    self.log.info("[node %d] %s", _index(pod), line)
-                    if _index(pod) == 0 and line.startswith(OUTPUT_LINE_PREFIX):
-                        output = line[len(OUTPUT_LINE_PREFIX):]
+            output = await self._stream_logs(core, pods, since, tails) or output
             if state:
                 current = [p for p in pods if _attempt(p) == restarts]
                 failures = [f for f in map(_failure, current) if f]
@@ -227,6 +220,20 @@ class GangTrigger(BaseTrigger):
                         "message": f"only {scheduled} of {self.nodes} gang pods were scheduled within "
                                    f"{self.startup_timeout_seconds} s of admission; is the GPU pool big enough?"}
             await self.clock.sleep(self.poll_seconds)
+
+    async def _stream_logs(self, core: Any, pods: list[Any], since: int | None,
+                           tails: dict[str, LogTail]) -> str | None:
+        """Writes the pods' new log lines into the task log; returns the output URI if pod 0 printed it."""
+        output = None
+        for pod in sorted(pods, key=lambda p: (_attempt(p), _index(p))):
+            if pod.status.phase == "Pending":
+                continue
+            first_read = pod.metadata.name not in tails
+            for line in await self._new_lines(core, pod.metadata.name, None if first_read else since, tails):
+                self.log.info("[node %d] %s", _index(pod), line)
+                if _index(pod) == 0 and line.startswith(OUTPUT_LINE_PREFIX):
+                    output = line[len(OUTPUT_LINE_PREFIX):]
+        return output
 
     async def _new_lines(self, core: Any, pod: str, since: int | None, tails: dict[str, LogTail]) -> list[str]:
         from kubernetes.client.exceptions import ApiException
