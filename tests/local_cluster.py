@@ -261,14 +261,15 @@ class LocalCluster:
     # CoreV1Api
     def list_namespaced_pod(self, namespace: str, label_selector: str) -> k8s.V1PodList:
         with self.lock:
-            pods = [pod for jobset in self.jobsets.values() for pod in jobset.pods if _matches(pod.labels, label_selector)]
+            pods = [pod for jobset in self.jobsets.values() for pod in jobset.pods
+                    if _matches(pod.labels, label_selector)]
         items = []
         for pod in pods:
             code = pod.exit_code()
             state = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(
                 exit_code=code, reason="Completed" if code == 0 else "Error")) if code is not None else None
-            status = k8s.V1ContainerStatus(name="stage", image="herd-trainer", image_id="", ready=pod.phase == "Running",
-                                           restart_count=0, state=state)
+            status = k8s.V1ContainerStatus(name="stage", image="herd-trainer", image_id="",
+                                           ready=pod.phase == "Running", restart_count=0, state=state)
             conditions = [k8s.V1PodCondition(type="DisruptionTarget", status="True", reason="PreemptionByScheduler")
                           ] if pod.preempted else None
             items.append(k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=pod.name, labels=pod.labels),

@@ -32,7 +32,8 @@ def _settings(**env: str):
 
 
 def _jobset(resources: Resources = GANG, **env: str) -> dict:
-    return gang_jobset("herd-pretrain-1234abcd-t1", "0123456789abcdef", "pretrain", ["stage", "pretrain", "--run", "r1"],
+    return gang_jobset("herd-pretrain-1234abcd-t1", "0123456789abcdef", "pretrain",
+                       ["stage", "pretrain", "--run", "r1"],
                        resources, _settings(**env))
 
 
@@ -56,7 +57,8 @@ def test_the_gang_jobset_is_valid_and_wired_together():
         "herd-pretrain-1234abcd-t1-node-0-0.herd-pretrain-1234abcd-t1")
     assert env["MASTER_PORT"] == "29500" and (env["HERD_NNODES"], env["HERD_NPROC_PER_NODE"]) == ("4", "8")
     assert env["NCCL_IB_HCA"] == "mlx5_0,mlx5_1"
-    assert container["command"] == ["herd"] and container["args"] == ["launch", "--", "stage", "pretrain", "--run", "r1"]
+    assert container["command"] == ["herd"]
+    assert container["args"] == ["launch", "--", "stage", "pretrain", "--run", "r1"]
     assert container["resources"]["limits"] == {"memory": "1500Gi", "nvidia.com/gpu": "8", "rdma/ib": "8"}
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
