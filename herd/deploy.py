@@ -51,6 +51,8 @@ class KubernetesSettings(BaseModel):
     priority_class: str = "herd-training"
     run_as_user: int = 1000
     kubernetes_conn_id: str = "kubernetes_default"
+    # How long an admitted pod, or every pod of an admitted gang, may stay unscheduled; time in
+    # Kueue's queue does not count (a queued single pod may wait its task's execution timeout).
     startup_timeout_seconds: int = 900
     gpu_tolerations: tuple[Toleration, ...] = (
         Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"),
