@@ -2,7 +2,7 @@
 
 ``HERD_BACKEND=local`` (the default) runs each stage as a subprocess of the Airflow
 worker; ``HERD_BACKEND=kubernetes`` runs it as a pod on the node pool its resources ask
-for, or as a gang of pods when it spans nodes. Every setting has a ``HERD_K8S_*``
+for, or as a gang of pods (a JobSet) when it spans nodes. Every setting has a ``HERD_K8S_*``
 variable; the chart (``charts/herd``) writes them into the ConfigMap the Airflow workers
 read.
 """
@@ -51,20 +51,29 @@ class KubernetesSettings(BaseModel):
     priority_class: str = "herd-training"
     run_as_user: int = 1000
     kubernetes_conn_id: str = "kubernetes_default"
+    # How long an admitted pod, or every pod of an admitted gang, may stay unscheduled; time in
+    # Kueue's queue does not count (a queued single pod may wait its task's execution timeout).
     startup_timeout_seconds: int = 900
     gpu_tolerations: tuple[Toleration, ...] = (
         Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"),
     )
-    # The pool's shape wins over a stage's own ask: a GPU stage takes every GPU of a node.
+    # A stage asks for the GPUs it declares; this is only the bound a pod cannot exceed.
     gpus_per_node: int | None = Field(None, ge=1)
-    gpu_shm: str | None = None
+    # Devices every GPU pod asks for besides its GPUs, e.g. {"rdma/ib": "1"} or
+    # {"vpc.amazonaws.com/efa": "32"}, and the NCCL environment that makes use of them.
+    gpu_devices: dict[str, str] = {}
+    nccl_env: dict[str, str] = {}
     # How many nodes a stage spans on this cluster; more than one makes it a gang.
     stage_nodes: dict[str, int] = {}
-    gang_mode: Literal["indexed-job"] = "indexed-job"
+    gang_mode: Literal["jobset"] = "jobset"
     gang_restarts: int = Field(3, ge=0, description="whole-gang restarts from the last checkpoint after a pod fails")
+    gang_poll_seconds: float = Field(15.0, gt=0, description="how often the triggerer reads a gang's state and logs")
+    gang_ttl_seconds: int = Field(7 * 24 * 3600, ge=0,
+                                  description="how long a finished gang whose logs nobody read is kept")
     rendezvous_port: int = Field(29500, ge=1024, le=65535)
-    queue_name: str = Field("", description="Kueue LocalQueue that admits a gang all at once (empty: none)")
+    queue_name: str = Field("", description="Kueue LocalQueue that admits every GPU pod and gang (empty: none)")
     gang_topology_key: str = Field("", description="node label all pods of a gang must share, e.g. the node pool's")
+    deferrable: bool = Field(True, description="single pods wait in the triggerer, not on a worker slot")
 
 
 class BackendSettings(BaseModel):
@@ -89,24 +98,33 @@ _ENV = {
     "startup_timeout_seconds": "HERD_K8S_STARTUP_TIMEOUT",
     "gpu_tolerations": "HERD_K8S_GPU_TOLERATIONS",
     "gpus_per_node": "HERD_K8S_GPUS_PER_NODE",
-    "gpu_shm": "HERD_K8S_GPU_SHM",
+    "gpu_devices": "HERD_K8S_GPU_DEVICES",
+    "nccl_env": "HERD_K8S_NCCL_ENV",
     "stage_nodes": "HERD_K8S_STAGE_NODES",
     "gang_mode": "HERD_K8S_GANG_MODE",
     "gang_restarts": "HERD_K8S_GANG_RESTARTS",
+    "gang_poll_seconds": "HERD_K8S_GANG_POLL_SECONDS",
+    "gang_ttl_seconds": "HERD_K8S_GANG_TTL_SECONDS",
     "rendezvous_port": "HERD_K8S_RENDEZVOUS_PORT",
     "queue_name": "HERD_K8S_QUEUE",
     "gang_topology_key": "HERD_K8S_GANG_TOPOLOGY_KEY",
+    "deferrable": "HERD_K8S_DEFERRABLE",
 }
+
+
+# Values that may hold commas (NCCL_IB_HCA=mlx5_0,mlx5_1) come as JSON.
+_JSON = {"gpu_tolerations": "a JSON list of tolerations", "gpu_devices": "a JSON object of resource: count",
+         "nccl_env": "a JSON object of NAME: value"}
 
 
 def _parse(field: str, value: str) -> object:
     if field.endswith("_pool") or field == "stage_nodes":
         return _selector(value)
-    if field == "gpu_tolerations":
+    if field in _JSON:
         try:
             return json.loads(value)
         except json.JSONDecodeError as err:
-            raise ConfigError(f"{_ENV[field]} is not a JSON list of tolerations: {err}") from None
+            raise ConfigError(f"{_ENV[field]} is not {_JSON[field]}: {err}") from None
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from herd.config import StageConfig
 
@@ -28,17 +29,30 @@ class Input:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one pod of the stage needs; ``nodes > 1`` makes it a gang."""
+    """What one pod of the stage needs, exactly as its pod asks for it; ``nodes > 1`` makes it a gang.
+
+    A GPU pod runs ``herd launch`` with ``workers`` processes: one per GPU, unless one process
+    drives several (``gpus_per_worker``, e.g. RL's trainer with its sampler on a second GPU).
+    """
 
     cpu: str = "2"
     memory: str = "8Gi"
     gpus: int = 0
     shm: str = "1Gi"
     nodes: int = 1
+    gpus_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        if self.gpus % self.gpus_per_worker:
+            raise ValueError(f"{self.gpus} GPUs do not split into workers of {self.gpus_per_worker}")
 
     @property
     def pool(self) -> str:
         return "gpu" if self.gpus else "cpu"
+
+    @property
+    def workers(self) -> int:
+        return max(1, self.gpus // self.gpus_per_worker)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,8 @@ class StageSpec:
     # config section, its own model preset, output folder and Airflow task.
     variant: str | None = None
     resources: Resources = Resources()
+    # How long one attempt may run before Airflow stops it (its task's execution_timeout).
+    timeout: timedelta = timedelta(hours=4)
     # Bump when the stage's output changes for the same inputs and config: it is part
     # of the output hash, so every cached result of the old code is recomputed.
     version: int = 1

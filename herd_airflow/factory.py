@@ -4,6 +4,10 @@ The DAGs' tasks come from :func:`stage_task` and :func:`command_task`, which cho
 operator: a local process, one Kubernetes pod, or a gang of pods for a stage that spans
 nodes. The backend comes from ``HERD_BACKEND`` (see :mod:`herd.deploy`). Arguments are
 Jinja templates rendered at run time, so the same DAG serves every preset and parameter set.
+
+On Kubernetes a GPU task takes one slot per GPU from its stage kind's Airflow pool
+(``herd-gpu-pretrain``, ``herd-gpu-sft``, ...), so a pool's size bounds the GPUs that kind
+holds at once; the chart's ``pools`` value lists them (``airflow pools import``).
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ def stage_arguments(spec: StageSpec, fed_by: Mapping[str, str] | None = None) ->
     return arguments
 
 
+def gpu_pool_name(task_id: str) -> str:
+    """The Airflow pool of a GPU task: one per stage kind, whatever the variant (``scout.sft`` -> ``herd-gpu-sft``)."""
+    return f"herd-gpu-{task_id.rsplit('.', 1)[-1]}"
+
+
 def command_task(task_id: str, arguments: list[str], resources: Resources = LIGHT,
                  returns_output: bool = False, settings: BackendSettings | None = None, **kwargs: Any):
     """A local process, one pod, or a gang of pods when the stage spans nodes on this cluster."""
@@ -64,14 +73,17 @@ def command_task(task_id: str, arguments: list[str], resources: Resources = LIGH
     if settings.backend != "kubernetes":
         return LocalStageOperator(task_id=task_id, arguments=arguments, **kwargs)
     # The cncf-kubernetes provider and the Kubernetes client load only where the backend is Kubernetes.
-    from herd_airflow.gang import GangJobOperator
+    from herd_airflow.gang import GangOperator
     from herd_airflow.kubernetes import pod_operator
     from herd_airflow.manifests import effective_resources
 
     cluster = settings.kubernetes
-    resources = effective_resources(task_id, resources, cluster)
+    resources = effective_resources(task_id.rsplit(".", 1)[-1], resources, cluster)
+    if resources.gpus:
+        kwargs.setdefault("pool", gpu_pool_name(task_id))
+        kwargs.setdefault("pool_slots", resources.gpus * resources.nodes)
     if resources.nodes > 1:
-        return GangJobOperator(task_id=task_id, arguments=arguments, stage_resources=resources, settings=cluster,
+        return GangOperator(task_id=task_id, arguments=arguments, stage_resources=resources, settings=cluster,
                                **kwargs)
     return pod_operator(task_id, arguments, resources, cluster, returns_output, **kwargs)
 
@@ -79,4 +91,4 @@ def command_task(task_id: str, arguments: list[str], resources: Resources = LIGH
 def stage_task(spec: StageSpec, fed_by: Mapping[str, str] | None = None, settings: BackendSettings | None = None,
                **kwargs: Any):
     return command_task(spec.name, stage_arguments(spec, fed_by), spec.resources, returns_output=True,
-                        settings=settings, doc_md=spec.summary, **kwargs)
+                        settings=settings, doc_md=spec.summary, execution_timeout=spec.timeout, **kwargs)

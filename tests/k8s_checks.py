@@ -4,12 +4,20 @@
 "latest" profile) written out as the admission controller applies it to a pod spec, so a
 manifest that passes here is admitted by a namespace labelled
 ``pod-security.kubernetes.io/enforce: restricted``.
+
+``validate_jobset`` checks a JobSet against the published CRD's schema (tests/assets/crds, which
+says where it comes from), with unknown fields refused, and its Job template against
+Kubernetes' own batch/v1 Job schema.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
 from typing import Any, Iterator
 
+import jsonschema
 import kubernetes_validate
 
 KUBERNETES_VERSION = "1.32"
@@ -22,8 +30,50 @@ SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.i
 
 
 def validate(manifest: dict[str, Any]) -> None:
-    """Schema validation with unknown fields refused (a misspelt field is an error, not a no-op)."""
-    kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    """Schema validation with unknown fields refused (a misspelt field is an error, not a no-op).
+
+    Kubernetes' own kinds against its schema, the custom resources (JobSet, Kueue's LocalQueue)
+    against their projects' published CRD schemas.
+    """
+    if manifest.get("kind") == "JobSet":
+        validate_jobset(manifest)
+    elif manifest.get("kind") in CUSTOM_KINDS:
+        assert manifest["apiVersion"] == CUSTOM_KINDS[manifest["kind"]][0], manifest["apiVersion"]
+        jsonschema.validate(manifest, crd_schema(CUSTOM_KINDS[manifest["kind"]][1]))
+    else:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+CRDS = Path(__file__).parent / "assets" / "crds"
+# kind: (apiVersion, schema file under CRDS)
+CUSTOM_KINDS = {"JobSet": ("jobset.x-k8s.io/v1alpha2", "jobset-v1alpha2"),
+                "LocalQueue": ("kueue.x-k8s.io/v1beta2", "localqueue-v1beta2")}
+
+
+def _closed(schema: Any) -> Any:
+    """A structural schema with unknown fields refused where the API server would prune them."""
+    if isinstance(schema, dict):
+        schema = {key: _closed(value) for key, value in schema.items()}
+        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+        return schema
+    return [_closed(item) for item in schema] if isinstance(schema, list) else schema
+
+
+def crd_schema(name: str) -> dict[str, Any]:
+    schema = json.loads((CRDS / f"{name}.json").read_text())
+    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta: checked by the API server, not the CRD
+    return _closed(schema)
+
+
+def validate_jobset(manifest: dict[str, Any]) -> None:
+    assert manifest["apiVersion"] == CUSTOM_KINDS["JobSet"][0], manifest["apiVersion"]
+    jsonschema.validate(manifest, crd_schema("jobset-v1alpha2"))
+    for replicated in manifest["spec"]["replicatedJobs"]:
+        template = copy.deepcopy(replicated["template"])
+        validate({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": replicated["name"],
+                                                                        **template.get("metadata", {})},
+                  "spec": template["spec"]})
 
 
 def pod_specs(manifest: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -20,12 +20,14 @@ CHART = REPO / "charts" / "herd"
 H100 = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
 MULTI_NODE = {
     "image": {"repository": "registry.internal/herd-trainer", "tag": "0.1.0"},
-    "nodePools": {"gpu": {"nodeSelector": H100, "gpusPerNode": 8, "shm": "512Gi",
+    "nodePools": {"gpu": {"nodeSelector": H100, "gpusPerNode": 8, "devices": {"rdma/ib": "8"},
+                          "ncclEnv": {"NCCL_IB_HCA": "mlx5_0,mlx5_1", "NCCL_SOCKET_IFNAME": "eth0"},
                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
                                           {"key": "h100-reserved", "operator": "Equal", "value": "training",
                                            "effect": "NoSchedule"}]}},
     "training": {"stageNodes": {"pretrain": 4},
-                 "gang": {"restarts": 2, "queueName": "h100-training", "topologyKey": "cloud.google.com/gke-nodepool"}},
+                 "gang": {"restarts": 2, "topologyKey": "cloud.google.com/gke-nodepool"}},
+    "kueue": {"queueName": "h100-training", "localQueue": {"create": True, "clusterQueue": "h100"}},
     "stage": {"s3EndpointUrl": "https://s3.internal", "env": {"NCCL_DEBUG": "WARN", "NCCL_IB_HCA": "mlx5"}},
 }
 
@@ -47,6 +49,7 @@ def test_every_manifest_is_valid_and_every_pod_restricted(values):
     kinds = {m["kind"] for m in manifests}
     assert {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "NetworkPolicy", "Deployment", "Service",
             "PriorityClass"} <= kinds
+    assert ("LocalQueue" in kinds) == bool(values.get("kueue"))
     for manifest in manifests:
         validate(manifest)
         for name, pod in pod_specs(manifest):
@@ -69,7 +72,11 @@ def test_lint_reports_no_warning():
     ({"nodePool": {"gpu": {}}}, "nodePool"),
     ({"training": {"stageNodes": {"pretrian": 4}}}, "pretrian"),
     ({"training": {"stageNodes": {"pretrain": 0}}}, "pretrain"),
-    ({"training": {"gang": {"mode": "slurm"}}}, "mode"),
+    ({"training": {"gang": {"mode": "indexed-job"}}}, "mode"),
+    ({"kueue": {"localQueue": {"create": True, "clusterQueue": ""}}}, "clusterQueue|queueName"),
+    ({"nodePools": {"gpu": {"devices": {"rdma/ib": "one"}}}}, "devices/rdma~1ib"),
+    ({"nodePools": {"gpu": {"ncclEnv": {"AWS_SECRET_ACCESS_KEY": "x"}}}}, "AWS_SECRET_ACCESS_KEY"),
+    ({"pools": {"pretrian": 8}}, "pretrian"),
     ({"training": {"gang": {"topologyKey": "one pool please"}}}, "topologyKey"),
     ({"stage": {"artifactRoot": "/mnt/shared"}}, "artifactRoot"),
     ({"stage": {"envSecret": ""}}, "envSecret"),
@@ -94,7 +101,7 @@ def test_rbac_lets_the_airflow_workers_launch_pods_and_gangs_only():
     granted = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
                for group in rule["apiGroups"] for resource in rule["resources"]}
     assert {"create", "delete", "get", "list", "watch"} <= granted[("batch", "jobs")]
-    assert {"create", "delete"} <= granted[("", "services")]
+    assert {"create", "delete", "get", "list"} <= granted[("jobset.x-k8s.io", "jobsets")]
     assert {"create", "delete", "watch"} <= granted[("", "pods")]
     assert {"get"} <= granted[("", "pods/log")]
     assert not any(resource == "secrets" for _, resource in granted), "stage pods get Secrets by reference"
@@ -154,24 +161,25 @@ def test_the_settings_airflow_reads_launch_single_pods_on_the_configured_pool():
     assert k8s.env_config_map in by_kind(manifests, "ConfigMap")
     assert k8s.service_account in by_kind(manifests, "ServiceAccount")
     assert k8s.priority_class in by_kind(manifests, "PriorityClass")
-    operator = command_task("pretrain", ["stage", "pretrain"], Resources(cpu="32", memory="480Gi", gpus=1, shm="8Gi"),
+    operator = command_task("sft", ["stage", "sft"], Resources(cpu="8", memory="120Gi", gpus=1, shm="8Gi"),
                             returns_output=True, settings=settings)
     pod = ApiClient().sanitize_for_serialization(operator.build_pod_request_obj(dry_run=True))
     validate(pod)
     assert restricted_violations(pod["spec"]) == []
     assert pod["spec"]["nodeSelector"] == H100
-    # The pool's shape wins: one pod takes a whole node's GPUs and the pool's shared memory.
-    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    # The pod asks for what the stage declares, and runs one worker per GPU.
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["spec"]["containers"][0]["args"][:3] == ["launch", "--", "stage"]
     shm = next(v for v in pod["spec"]["volumes"] if v["name"] == "dshm")
-    assert shm["emptyDir"]["sizeLimit"] == "256Gi"
+    assert shm["emptyDir"]["sizeLimit"] == "8Gi"
 
 
 def test_the_multi_node_settings_launch_a_valid_gang():
     from kubernetes.client import ApiClient
 
     from herd_airflow.factory import command_task
-    from herd_airflow.gang import GangJobOperator
-    from herd_airflow.manifests import gang_job
+    from herd_airflow.gang import GangOperator
+    from herd_airflow.manifests import gang_jobset
 
     manifests = render(MULTI_NODE)
     settings = backend_settings(_backend_env(manifests))
@@ -179,21 +187,41 @@ def test_the_multi_node_settings_launch_a_valid_gang():
     assert k8s.stage_nodes == {"pretrain": 4} and k8s.gang_restarts == 2 and k8s.queue_name == "h100-training"
     operator = command_task("pretrain", ["stage", "pretrain"], Resources(cpu="32", memory="480Gi", gpus=8),
                             returns_output=True, settings=settings)
-    assert isinstance(operator, GangJobOperator) and operator.stage_resources.nodes == 4
-    job = ApiClient().sanitize_for_serialization(
-        gang_job("herd-pretrain-0a1b2c3d", "herd-pretrain-0a1b2c3d-t1a1", "pretrain", ["stage", "pretrain"],
-                 operator.stage_resources, k8s))
-    validate(job)
-    pod = job["spec"]["template"]["spec"]
+    assert isinstance(operator, GangOperator) and operator.stage_resources.nodes == 4
+    jobset = gang_jobset("herd-pretrain-0a1b2c3d-t1", "0a1b2c3d0a1b2c3d", "pretrain", ["stage", "pretrain"],
+                         operator.stage_resources, k8s)
+    validate(jobset)
+    assert jobset["spec"]["failurePolicy"]["maxRestarts"] == 2
+    pod = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     assert restricted_violations(pod) == []
     assert pod["nodeSelector"] == H100
     reserved = {"key": "h100-reserved", "operator": "Equal", "value": "training", "effect": "NoSchedule"}
     assert reserved in pod["tolerations"]
-    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100-training"
+    assert jobset["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100-training"
+    assert by_kind(manifests, "LocalQueue")["h100-training"]["spec"]["clusterQueue"] == "h100"
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["rdma/ib"] == "8"
+    assert {"name": "NCCL_IB_HCA", "value": "mlx5_0,mlx5_1"} in container["env"]
     together = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
     assert together["topologyKey"] == "cloud.google.com/gke-nodepool"  # one node pool for the whole gang
     stage_config = by_kind(manifests, "ConfigMap")["herd-stage"]["data"]
     assert stage_config["AWS_ENDPOINT_URL_S3"] == "https://s3.internal" and stage_config["NCCL_DEBUG"] == "WARN"
+
+
+def test_the_pools_cover_every_gpu_task_of_the_dags(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    pools = json.loads(by_kind(render({}), "ConfigMap")["herd-pools"]["data"]["pools.json"])
+    assert all(pool["include_deferred"] for pool in pools.values())  # a deferred gang still holds its GPUs
+    for name, value in _backend_env(render(MULTI_NODE)).items():
+        monkeypatch.setenv(name, value)
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    wanted = {(task.pool, task.pool_slots) for dag in bag.dags.values() for task in dag.tasks
+              if task.pool != "default_pool"}
+    assert wanted and {name for name, _ in wanted} <= set(pools)  # else a task waits forever for its pool
+    for name, slots in wanted:
+        assert slots <= pools[name]["slots"], f"{name}: a task needs {slots} GPUs, the pool has {pools[name]['slots']}"
 
 
 def test_airflow_companion_values_wire_the_official_chart_to_herd():

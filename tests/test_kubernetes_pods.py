@@ -14,9 +14,11 @@ from herd.stage import Resources
 KUBERNETES_VERSION = "1.32"
 
 
-def _kubernetes_dag(monkeypatch):
+def _kubernetes_dag(monkeypatch, **env: str):
     from airflow.dag_processing.dagbag import DagBag
 
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("HERD_BACKEND", "kubernetes")
     monkeypatch.setenv("HERD_K8S_IMAGE", "registry.internal/herd-trainer:0.1.0")
     monkeypatch.setenv("HERD_K8S_GPU_POOL", "cloud.google.com/gke-accelerator=nvidia-h100-80gb")
@@ -56,18 +58,48 @@ def test_every_task_renders_a_valid_restricted_pod(monkeypatch):
         assert {"secretRef": {"name": "herd-stage-env"}} in sources
         if task.task_id in STAGES_BY_ID:
             spec = STAGES_BY_ID[task.task_id]
-            assert base["args"][:2] == ["stage", spec.name]
+            gpus = spec.resources.gpus
+            # A GPU pod runs one worker per GPU through herd launch; a CPU pod runs the stage itself.
+            command = base["args"][2:] if gpus else base["args"]
+            assert command[:2] == ["stage", spec.name]
             assert base["args"][-2:] == ["--xcom-file", "/airflow/xcom/return.json"]
             assert len(manifest["spec"]["containers"]) == 2  # the XCom sidecar, restricted as well
-            gpus = spec.resources.gpus
             expected_pool = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"} if gpus else {"herd.dev/pool": "cpu"}
             assert manifest["spec"]["nodeSelector"] == expected_pool
             limits = base["resources"]["limits"]
-            assert limits.get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+            assert limits.get("nvidia.com/gpu") == (str(gpus) if gpus else None)  # exactly what the stage declares
+            env = {e["name"]: e.get("value") for e in base["env"]}
+            assert env.get("HERD_NPROC_PER_NODE") == (str(spec.resources.workers) if gpus else None)
+            assert (task.pool, task.pool_slots) == ((f"herd-gpu-{spec.name}", gpus) if gpus else ("default_pool", 1))
+            assert task.execution_timeout == spec.timeout
             shm = next(v for v in manifest["spec"]["volumes"] if v["name"] == "dshm")
             assert shm["emptyDir"]["medium"] == "Memory"
         # No secret value is in the pod: credentials come from the Secret by reference only.
         assert "AWS_SECRET_ACCESS_KEY" not in str(manifest)
+
+
+def test_gpu_stages_ask_for_the_gpus_they_use():
+    by_name = {spec.name: spec.resources for spec in STAGES_BY_ID.values()}
+    assert by_name["pretrain"].gpus == by_name["pretrain"].workers == 8  # data-parallel: a worker per GPU
+    assert {name: by_name[name].gpus for name in ("midtrain", "sft", "dpo", "codistill", "safety")} == dict.fromkeys(
+        ("midtrain", "sft", "dpo", "codistill", "safety"), 1)
+    assert (by_name["rl"].gpus, by_name["rl"].workers) == (2, 1)  # the trainer and its sampler, one process
+
+
+def test_single_gpu_pods_carry_the_kueue_queue_and_wait_in_it(monkeypatch):
+    dag = _kubernetes_dag(monkeypatch, HERD_K8S_QUEUE="h100-training", HERD_K8S_GPU_DEVICES='{"rdma/ib": "1"}',
+                          HERD_K8S_NCCL_ENV='{"NCCL_IB_HCA": "mlx5_0,mlx5_1", "NCCL_SOCKET_IFNAME": "eth0"}')
+    sft, tokenizer = dag.get_task("scout.sft"), dag.get_task("tokenizer")
+    pod = _render(sft)
+    assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100-training"
+    assert "kueue.x-k8s.io/queue-name" not in _render(tokenizer)["metadata"]["labels"]  # CPU pods bypass the queue
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"memory": "120Gi", "nvidia.com/gpu": "1", "rdma/ib": "1"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NCCL_IB_HCA"] == "mlx5_0,mlx5_1" and env["NCCL_SOCKET_IFNAME"] == "eth0"
+    # Pending while Kueue holds it is not a failure: it may wait as long as the task may run.
+    assert sft.startup_timeout_seconds == int(STAGES_BY_ID["scout.sft"].timeout.total_seconds())
+    assert tokenizer.startup_timeout_seconds == 900 and sft.deferrable
 
 
 def test_gpu_stage_lands_on_the_h100_pool_with_gpus_and_toleration(monkeypatch):
@@ -97,3 +129,14 @@ def test_bad_backend_settings_name_the_variable():
         backend_settings({"HERD_BACKEND": "slurm"})
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         backend_settings({"HERD_K8S_GPU_POOL": "h100"})
+    with pytest.raises(ConfigError, match="HERD_K8S_NCCL_ENV is not a JSON object"):
+        backend_settings({"HERD_K8S_NCCL_ENV": "NCCL_IB_HCA=mlx5"})
+
+
+def test_a_stage_asking_more_gpus_than_a_node_has_is_refused():
+    from herd.config import ConfigError
+    from herd_airflow.factory import command_task
+
+    settings = backend_settings({"HERD_BACKEND": "kubernetes", "HERD_K8S_GPUS_PER_NODE": "4"})
+    with pytest.raises(ConfigError, match="asks for 8 GPUs per pod; a node of this cluster has 4"):
+        command_task("pretrain", ["stage", "pretrain"], Resources(gpus=8), settings=settings)

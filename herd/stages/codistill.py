@@ -14,6 +14,8 @@ cache of its top-k log-probabilities written once and read by every student.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -90,5 +92,7 @@ SPEC = StageSpec(
     inputs={"teacher": Input("the teacher's pretrain output", from_stage=f"{TEACHER}.pretrain"), "tokens": TOKENS},
     # The cache covers the windows the students' pretraining reads.
     reads=("pretrain.seq_len", "pretrain.batch_size", "pretrain.steps", "pretrain.seed"),
-    resources=Resources(cpu="8", memory="120Gi", gpus=8, shm="16Gi"),
+    # One process runs the teacher over the windows: one GPU.
+    resources=Resources(cpu="8", memory="120Gi", gpus=1, shm="16Gi"),
+    timeout=timedelta(hours=12),
 )

@@ -10,12 +10,14 @@ few hundred steps at most.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field, model_validator
 
 from herd.config import operational
 from herd.stage import Input, StageSpec
 from herd.stages.models import STUDENTS
-from herd.stages.shared import GPU_NODE, POST_TRAINING_INPUTS
+from herd.stages.shared import ONE_GPU, POST_TRAINING_INPUTS
 from herd.stages.training import TrainingConfig
 
 
@@ -57,6 +59,7 @@ SPECS = tuple(StageSpec(
     config_section="dpo",
     variant=student,
     inputs={"model": Input("the variant's RL output", from_stage=f"{student}.rl"), **POST_TRAINING_INPUTS},
-    resources=GPU_NODE,
+    resources=ONE_GPU,
+    timeout=timedelta(hours=12),
     resumable=True,
 ) for student in STUDENTS)

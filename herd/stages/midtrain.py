@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field, field_validator
 
 from herd.config import operational
 from herd.stage import Input, StageSpec
 from herd.stages.models import STUDENTS
-from herd.stages.shared import GPU_NODE, TOKENS
+from herd.stages.shared import ONE_GPU, TOKENS
 from herd.stages.training import TrainingConfig
 
 
@@ -45,6 +47,7 @@ SPECS = tuple(StageSpec(
     config_section="midtrain",
     variant=student,
     inputs={"model": Input("the variant's pretrain output", from_stage=f"{student}.pretrain"), "tokens": TOKENS},
-    resources=GPU_NODE,
+    resources=ONE_GPU,
+    timeout=timedelta(hours=24),
     resumable=True,
 ) for student in STUDENTS)

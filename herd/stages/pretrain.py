@@ -6,6 +6,8 @@ holds what the variants share.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field, model_validator
 
 from herd.stage import Input, StageSpec
@@ -54,6 +56,7 @@ def _spec(variant: str, reads: tuple[str, ...] = (), **inputs: Input) -> StageSp
                 **inputs},
         reads=reads,
         resources=GPU_NODE,
+        timeout=timedelta(hours=72),
         resumable=True,
     )
 

@@ -16,14 +16,16 @@ used: the LR schedule runs over :attr:`RLConfig.optimizer_steps`, ``rounds * upd
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from herd.config import operational
-from herd.stage import Input, StageSpec
+from herd.stage import Input, Resources, StageSpec
 from herd.stages.models import VARIANTS
-from herd.stages.shared import GPU_NODE, POST_TRAINING_INPUTS
+from herd.stages.shared import POST_TRAINING_INPUTS
 from herd.stages.training import TrainingConfig
 
 
@@ -98,6 +100,8 @@ SPECS = tuple(StageSpec(
     config_section="rl",
     variant=variant,
     inputs={"model": Input("the variant's SFT output", from_stage=f"{variant}.sft"), **POST_TRAINING_INPUTS},
-    resources=GPU_NODE,
+    # One process: the trainer on the first GPU, the rollout sampler on the second (tasks/rl/queue.py).
+    resources=Resources(cpu="8", memory="120Gi", gpus=2, shm="16Gi", gpus_per_worker=2),
+    timeout=timedelta(hours=24),
     resumable=True,
 ) for variant in VARIANTS)

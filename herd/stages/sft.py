@@ -9,6 +9,8 @@ the teacher; :meth:`SFTConfig.drop_fraction` picks by variant.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -16,7 +18,7 @@ from pydantic import Field, model_validator
 from herd.config import operational
 from herd.stage import Input, StageSpec
 from herd.stages.models import TEACHER, VARIANTS
-from herd.stages.shared import GPU_NODE, POST_TRAINING_INPUTS
+from herd.stages.shared import ONE_GPU, POST_TRAINING_INPUTS
 from herd.stages.training import TrainingConfig
 
 Judge = Literal["teacher_loss", "student_loss", "teacher_passk"]
@@ -83,6 +85,7 @@ SPECS = tuple(StageSpec(
                            from_stage=f"{variant}.{'pretrain' if variant == TEACHER else 'midtrain'}"),
             "judge": Input("the teacher that judges difficulty", from_stage=f"{TEACHER}.pretrain"),
             **POST_TRAINING_INPUTS},
-    resources=GPU_NODE,
+    resources=ONE_GPU,
+    timeout=timedelta(hours=12),
     resumable=True,
 ) for variant in VARIANTS)
