@@ -75,6 +75,9 @@ def test_lint_reports_no_warning():
     ({"stage": {"envSecret": ""}}, "envSecret"),
     ({"mlflow": {"backendStoreSecret": {"key": ""}}}, "backendStoreSecret/key"),
     ({"priorityClass": {"preemptionPolicy": "Sometimes"}}, "preemptionPolicy"),
+    ({"imagePullSecrets": ["registry-credentials"]}, "imagePullSecrets"),
+    ({"stage": {"serviceAccountAnnotations": {"eks.amazonaws.com/role-arn": 12}}}, "serviceAccountAnnotations"),
+    ({"mlflow": {"auth": {"secret": ""}}}, "auth/secret"),
 ])
 def test_bad_values_fail_at_install(bad, complaint):
     with pytest.raises(helm.HelmValuesError, match=complaint):
@@ -98,6 +101,9 @@ def test_rbac_lets_the_airflow_workers_launch_pods_and_gangs_only():
     assert {"create", "delete", "watch"} <= granted[("", "pods")]
     assert {"get"} <= granted[("", "pods/log")]
     assert not any(resource == "secrets" for _, resource in granted), "stage pods get Secrets by reference"
+    # No shell in a running pod: a stage's output URI comes back in the pod's status.
+    assert ("", "pods/exec") not in granted and ("", "pods/attach") not in granted
+    assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
     binding = by_kind(manifests, "RoleBinding")["herd-launcher"]
     assert {(s["name"], s["namespace"]) for s in binding["subjects"]} == {
         ("airflow-worker", "airflow"), ("airflow-scheduler", "airflow"), ("airflow-triggerer", "airflow")}
@@ -129,6 +135,45 @@ def test_mlflow_server_uses_postgres_and_s3_by_secret_reference():
     assert container["envFrom"] == [{"secretRef": {"name": "herd-mlflow-s3"}}]
     service = by_kind(manifests, "Service")["herd-mlflow"]
     assert service["spec"]["selector"].items() <= pod_labels(manifests, "herd-mlflow").items()
+
+
+def test_mlflow_requires_a_login_from_its_basic_auth_app_with_credentials_from_a_secret():
+    pod = by_kind(render({}), "Deployment")["herd-mlflow"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--app-name=basic-auth" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == "/etc/mlflow-auth/basic_auth.ini"
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {"name": "herd-mlflow-auth", "key": name}}}
+    volume = next(v for v in pod["volumes"] if v["name"] == "auth-config")
+    assert volume["secret"]["secretName"] == "herd-mlflow-auth"
+    assert volume["secret"]["items"] == [{"key": "basic_auth.ini", "path": "basic_auth.ini"}]
+    assert {"name": "auth-config", "mountPath": "/etc/mlflow-auth", "readOnly": True} in container["volumeMounts"]
+    # The probes reach /health, which the auth app leaves open.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    open_pod = by_kind(render({"mlflow": {"auth": {"enabled": False}}}), "Deployment")["herd-mlflow"]
+    open_container = open_pod["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name=basic-auth" not in open_container["args"]
+    assert not any(e["name"].startswith("MLFLOW_AUTH") for e in open_container["env"])
+
+
+def test_service_accounts_carry_workload_identity_and_registry_credentials():
+    role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/herd-stage"}
+    gke = {"iam.gke.io/gcp-service-account": "herd-mlflow@project.iam.gserviceaccount.com"}
+    values = {"imagePullSecrets": [{"name": "registry-credentials"}], "stage": {"serviceAccountAnnotations": role},
+              "mlflow": {"serviceAccountAnnotations": gke}}
+    manifests = render(values)
+    for manifest in manifests:
+        validate(manifest)
+    accounts = by_kind(manifests, "ServiceAccount")
+    assert accounts["herd-stage"]["metadata"]["annotations"] == role
+    assert accounts["herd-mlflow"]["metadata"]["annotations"] == gke
+    for account in accounts.values():
+        # The kubelet pulls every pod of the account with these, KubernetesPodOperator's and gangs' too.
+        assert account["imagePullSecrets"] == [{"name": "registry-credentials"}]
+        assert account["automountServiceAccountToken"] is False
+    plain = by_kind(render({}), "ServiceAccount")
+    assert not any("annotations" in a["metadata"] or "imagePullSecrets" in a for a in plain.values())
 
 
 def pod_labels(manifests: list[dict], deployment: str) -> dict[str, str]:
@@ -207,3 +252,20 @@ def test_airflow_companion_values_wire_the_official_chart_to_herd():
         assert values[key]
     assert values["data"] == {"metadataSecretName": "airflow-metadata-db"}
     assert not {"fernetKey", "apiSecretKey", "webserverSecretKey"} & set(values)
+
+
+def test_airflow_companion_values_keep_task_logs_in_the_bucket_and_use_a_real_auth_manager():
+    values = yaml.safe_load((CHART / "airflow-values.yaml").read_text())
+    logging = values["config"]["logging"]
+    assert logging["remote_logging"] == "True"
+    # The artifact bucket of herd's chart, beside (not inside) the artifacts.
+    bucket = yaml.safe_load((CHART / "values.yaml").read_text())["stage"]["artifactRoot"].split("/")[2]
+    assert logging["remote_base_log_folder"].startswith(f"s3://{bucket}/")
+    assert logging["remote_log_conn_id"] == "herd_logs"
+    # The connection comes from a Secret, by reference, under the name Airflow looks it up by.
+    assert {"envName": "AIRFLOW_CONN_HERD_LOGS", "secretName": "airflow-remote-logs",
+            "secretKey": "connection"} in values["secret"]
+    assert values["config"]["core"]["auth_manager"] == (
+        "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager")
+    assert values["webserver"]["defaultUser"]["enabled"] is False  # no admin password in a values file
+    assert "SimpleAuthManager" not in (CHART / "airflow-values.yaml").read_text()

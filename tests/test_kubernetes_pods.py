@@ -57,8 +57,9 @@ def test_every_task_renders_a_valid_restricted_pod(monkeypatch):
         if task.task_id in STAGES_BY_ID:
             spec = STAGES_BY_ID[task.task_id]
             assert base["args"][:2] == ["stage", spec.name]
-            assert base["args"][-2:] == ["--xcom-file", "/airflow/xcom/return.json"]
-            assert len(manifest["spec"]["containers"]) == 2  # the XCom sidecar, restricted as well
+            # The output URI leaves by the termination message: no XCom sidecar to exec into.
+            assert base["args"][-2:] == ["--xcom-file", "/dev/termination-log"]
+            assert len(manifest["spec"]["containers"]) == 1
             gpus = spec.resources.gpus
             expected_pool = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"} if gpus else {"herd.dev/pool": "cpu"}
             assert manifest["spec"]["nodeSelector"] == expected_pool
@@ -97,3 +98,20 @@ def test_bad_backend_settings_name_the_variable():
         backend_settings({"HERD_BACKEND": "slurm"})
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         backend_settings({"HERD_K8S_GPU_POOL": "h100"})
+
+
+def test_the_output_uri_is_read_from_the_stage_containers_termination_message():
+    from kubernetes.client import V1ContainerState, V1ContainerStateTerminated, V1ContainerStatus, V1Pod, V1PodStatus
+
+    from herd_airflow.kubernetes import termination_output
+
+    def pod(*containers: tuple[str, str | None]) -> V1Pod:
+        return V1Pod(status=V1PodStatus(container_statuses=[
+            V1ContainerStatus(name=name, image="i", image_id="", ready=False, restart_count=0,
+                              state=V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=0, message=message)))
+            for name, message in containers]))
+
+    uri = "s3://herd/artifacts/datamix/0a1b2c3d"
+    assert termination_output(pod(("istio-proxy", '"s3://elsewhere"'), ("base", f'"{uri}"')), "base") == uri
+    assert termination_output(pod(("base", None)), "base") is None  # a stage with no output
+    assert termination_output(V1Pod(status=V1PodStatus()), "base") is None
