@@ -129,12 +129,42 @@ def test_mlflow_server_uses_postgres_and_s3_by_secret_reference():
     container = pod["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"] == {"secretKeyRef": {"name": "herd-mlflow-db", "key": "uri"}}
-    assert "herd-mlflow.herd.svc:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    assert "herd-mlflow.herd-mlflow.svc:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio.storage.svc:9000"
     assert "--artifacts-destination=s3://herd/mlflow" in container["args"]
     assert container["envFrom"] == [{"secretRef": {"name": "herd-mlflow-s3"}}]
     service = by_kind(manifests, "Service")["herd-mlflow"]
     assert service["spec"]["selector"].items() <= pod_labels(manifests, "herd-mlflow").items()
+
+
+def _secret_names(pod: dict) -> set[str]:
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    return ({v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+            | {e["secretRef"]["name"] for c in containers for e in c.get("envFrom", []) if "secretRef" in e}
+            | {e["valueFrom"]["secretKeyRef"]["name"] for c in containers for e in c.get("env", [])
+               if "secretKeyRef" in e.get("valueFrom", {})})
+
+
+def test_mlflow_and_its_secrets_live_apart_from_the_namespace_stage_pods_are_created_in():
+    manifests = render({})
+    mlflow = [m for m in manifests if m["metadata"]["name"] == "herd-mlflow"]
+    assert {m["kind"] for m in mlflow} == {"ServiceAccount", "Service", "Deployment", "NetworkPolicy"}
+    assert {m["metadata"]["namespace"] for m in mlflow} == {"herd-mlflow"}
+    pod = by_kind(manifests, "Deployment")["herd-mlflow"]["spec"]["template"]["spec"]
+    assert _secret_names(pod) == {"herd-mlflow-db", "herd-mlflow-s3", "herd-mlflow-auth"}
+    # Everything else of the release is in the stage pods' namespace, or Airflow's, and none of it is MLflow's.
+    assert {m["metadata"].get("namespace") for m in manifests if m not in mlflow} <= {"herd", "airflow", None}
+    stage = by_kind(manifests, "ConfigMap")["herd-stage"]["data"]
+    assert stage["MLFLOW_TRACKING_URI"] == "http://herd-mlflow.herd-mlflow.svc:5000"
+    policies = by_kind(manifests, "NetworkPolicy")
+    to_mlflow = [rule for rule in policies["herd-stage"]["spec"]["egress"]
+                 if any(peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "mlflow"
+                        for peer in rule["to"])]
+    assert to_mlflow[0]["to"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "herd-mlflow"}}
+    from_stages = policies["herd-mlflow"]["spec"]["ingress"][0]["from"][0]
+    assert from_stages["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "herd"}}
+    together = render({"mlflow": {"namespace": ""}})
+    assert by_kind(together, "Deployment")["herd-mlflow"]["metadata"]["namespace"] == "herd"
 
 
 def test_mlflow_requires_a_login_from_its_basic_auth_app_with_credentials_from_a_secret():
