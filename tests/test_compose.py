@@ -112,8 +112,13 @@ def test_airflow_runs_stages_locally_against_minio_and_mlflow(stack):
     commands = {name: stack["services"][name]["command"] for name in AIRFLOW_SERVICES}
     assert commands == {"airflow-apiserver": ["api-server"], "airflow-scheduler": ["scheduler"],
                         "airflow-dag-processor": ["dag-processor"], "airflow-triggerer": ["triggerer"]}
-    init = stack["services"]["airflow-init"]["command"][0]
-    assert "airflow db migrate" in init and "passwords.json" in init
+    init = stack["services"]["airflow-init"]["command"][0].replace("$$", "$")
+    assert "airflow db migrate" in init and "airflow users create --role Admin" in init
+    assert '--password "$AIRFLOW_ADMIN_PASSWORD"' in init  # from .env, never written here
+    for name in AIRFLOW_SERVICES | {"airflow-init"}:
+        assert stack["services"][name]["environment"]["AIRFLOW__CORE__AUTH_MANAGER"] == (
+            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager")
+        assert not any("SIMPLE_AUTH" in key for key in stack["services"][name]["environment"])
 
 
 def test_mlflow_uses_postgres_s3_and_allows_its_service_name(stack):
