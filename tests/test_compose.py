@@ -143,7 +143,7 @@ def test_secrets_come_only_from_the_env_file():
         if not name.endswith("_FILE"):  # where a secret is written, not the secret
             assert value.startswith(("${", "*")), f"{name} is not taken from .env: {value}"
     passwords = re.findall(r"://\w+:([^@\n]+)@", text)
-    assert len(passwords) == 2  # Airflow's and MLflow's database URIs
+    assert len(passwords) == 3  # Airflow's and MLflow's database URIs, and MLflow's user store (its database)
     for password in passwords:
         assert password.startswith("${"), f"a connection string holds a literal password: {password}"
     example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
@@ -211,3 +211,21 @@ def test_task_logs_go_to_minio_with_the_application_key(stack):
         connection = json.loads(env["AIRFLOW_CONN_" + env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"].upper()])
         assert connection == {"conn_type": "aws",
                               "extra": {"endpoint_url": "http://minio:9000", "region_name": "us-east-1"}}
+
+
+def test_mlflow_requires_a_login_and_airflow_logs_in_with_credentials_from_the_env_file(distinct_stack):
+    services = distinct_stack["services"]
+    mlflow = services["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    env = mlflow["environment"]
+    assert (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == (
+        "value-of-mlflow_admin_user", "value-of-mlflow_admin_password")
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "value-of-mlflow_secret_key"
+    mount = mlflow["configs"][0]
+    assert mount["target"] == env["MLFLOW_AUTH_CONFIG_PATH"]
+    settings = distinct_stack["configs"][mount["source"]]["content"]
+    assert "database_uri = postgresql+psycopg://mlflow:value-of-mlflow_db_password@postgres:5432/mlflow" in settings
+    for name in AIRFLOW_SERVICES:
+        airflow = services[name]["environment"]
+        assert (airflow["MLFLOW_TRACKING_USERNAME"], airflow["MLFLOW_TRACKING_PASSWORD"]) == (
+            env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"])
