@@ -169,7 +169,6 @@ def pod_fields(task_id: str, resources: Resources, settings: KubernetesSettings)
         "priority_class_name": settings.priority_class,
         "security_context": _pod_security(settings),
         "container_security_context": _container_security(settings),
-        "xcom_sidecar_container_security_context": _container_security(settings),
     }
 
 

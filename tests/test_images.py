@@ -127,7 +127,7 @@ def test_versions_match_the_project_pins():
     assert airflow.count(f'"apache-airflow=={airflow_version}"') == 2
     trainer = (IMAGES / "trainer" / "Dockerfile").read_text()
     assert f"torch=={torch_version}" in trainer and '".[train]"' in trainer
-    assert f"mlflow=={mlflow_version}" in (IMAGES / "mlflow" / "Dockerfile").read_text()
+    assert f'"mlflow[auth]=={mlflow_version}"' in (IMAGES / "mlflow" / "Dockerfile").read_text()
     version = project["project"]["version"]
     for dockerfile in DOCKERFILES:
         defaults = re.findall(r"^ARG HERD_VERSION=(\S+)", dockerfile.read_text(), re.M)

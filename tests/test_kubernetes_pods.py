@@ -62,8 +62,9 @@ def test_every_task_renders_a_valid_restricted_pod(monkeypatch):
             # A GPU pod runs one worker per GPU through herd launch; a CPU pod runs the stage itself.
             command = base["args"][2:] if gpus else base["args"]
             assert command[:2] == ["stage", spec.name]
-            assert base["args"][-2:] == ["--xcom-file", "/airflow/xcom/return.json"]
-            assert len(manifest["spec"]["containers"]) == 2  # the XCom sidecar, restricted as well
+            # The output URI leaves by the termination message: no XCom sidecar to exec into.
+            assert base["args"][-2:] == ["--xcom-file", "/dev/termination-log"]
+            assert len(manifest["spec"]["containers"]) == 1
             expected_pool = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"} if gpus else {"herd.dev/pool": "cpu"}
             assert manifest["spec"]["nodeSelector"] == expected_pool
             limits = base["resources"]["limits"]
@@ -140,3 +141,20 @@ def test_a_stage_asking_more_gpus_than_a_node_has_is_refused():
     settings = backend_settings({"HERD_BACKEND": "kubernetes", "HERD_K8S_GPUS_PER_NODE": "4"})
     with pytest.raises(ConfigError, match="asks for 8 GPUs per pod; a node of this cluster has 4"):
         command_task("pretrain", ["stage", "pretrain"], Resources(gpus=8), settings=settings)
+
+
+def test_the_output_uri_is_read_from_the_stage_containers_termination_message():
+    from kubernetes.client import V1ContainerState, V1ContainerStateTerminated, V1ContainerStatus, V1Pod, V1PodStatus
+
+    from herd_airflow.kubernetes import termination_output
+
+    def pod(*containers: tuple[str, str | None]) -> V1Pod:
+        return V1Pod(status=V1PodStatus(container_statuses=[
+            V1ContainerStatus(name=name, image="i", image_id="", ready=False, restart_count=0,
+                              state=V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=0, message=message)))
+            for name, message in containers]))
+
+    uri = "s3://herd/artifacts/datamix/0a1b2c3d"
+    assert termination_output(pod(("istio-proxy", '"s3://elsewhere"'), ("base", f'"{uri}"')), "base") == uri
+    assert termination_output(pod(("base", None)), "base") is None  # a stage with no output
+    assert termination_output(V1Pod(status=V1PodStatus()), "base") is None

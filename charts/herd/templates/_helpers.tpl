@@ -32,11 +32,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s-mlflow" (include "herd.fullname" .) -}}
 {{- end -}}
 
+{{- define "herd.mlflowNamespace" -}}
+{{- .Values.mlflow.namespace | default .Release.Namespace -}}
+{{- end -}}
+
 {{- define "herd.trackingUri" -}}
 {{- if .Values.stage.mlflowTrackingUri -}}
 {{- .Values.stage.mlflowTrackingUri -}}
 {{- else -}}
-{{- printf "http://%s.%s.svc:%d" (include "herd.mlflowName" .) .Release.Namespace (int .Values.mlflow.port) -}}
+{{- printf "http://%s.%s.svc:%d" (include "herd.mlflowName" .) (include "herd.mlflowNamespace" .) (int .Values.mlflow.port) -}}
 {{- end -}}
 {{- end -}}
 
