@@ -30,14 +30,35 @@ PROMPTS = ["What is 12 + 3?", "Everyone has the right to"]
 
 
 @pytest.fixture
-def tracking(gates):
-    """mlflow's global tracking URI (what ``models:/`` URIs resolve against) set to herd's store for one test."""
+def candidate(gates) -> Iterator[str]:
+    """``models:/<name>@candidate`` after a real gate registered it, with mlflow's global tracking URI (what such
+    URIs resolve against) set to herd's store, as MLFLOW_TRACKING_URI sets it for a user."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     from tasks.runtime.tracking import tracking_uri
 
+    gates.run(GOOD)  # first: herd's store chooses its artifact folder by whether MLFLOW_TRACKING_URI is set
     with _use_tracking_uri(tracking_uri()):
-        yield tracking_uri()
+        yield f"models:/{gates.name}@candidate"
+
+
+def test_registering_leaves_mlflow_tracking_uri_as_it_was(gates, monkeypatch, tmp_path):
+    """Registration sets mlflow's global tracking URI only while its database registry needs it, and never unsets
+    the MLFLOW_TRACKING_URI a deployment gives (later MLflow calls of the stage would go to a local file)."""
+    from test_gate import Gates
+
+    from tasks.registry import versions
+    from tasks.runtime import tracking
+
+    gates.run(GOOD)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.chdir(tmp_path)  # with the variable set, the experiment's artifacts go to mlflow's ./mlruns
+    monkeypatch.setenv("HERD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking.tracking_uri())
+    given = Gates(tmp_path / "home", gates.export)
+    given.run(GOOD)
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/home/mlflow/mlflow.db"
+    assert versions.by_alias(tracking.client(), given.name, versions.CANDIDATE).source.startswith("models:/m-")
 
 
 def herds_own_answers(export: Path, prompts: list[str], max_new_tokens: int, chat: bool = True) -> list[str]:
@@ -60,19 +81,17 @@ def herds_own_answers(export: Path, prompts: list[str], max_new_tokens: int, cha
     return [tokenizer.decode([t for t in a if t != eot], skip_special_tokens=True).strip() for a in answers]
 
 
-def test_the_candidate_loads_with_pyfunc_and_generates_herds_text(gates, tracking, export):
+def test_the_candidate_loads_with_pyfunc_and_generates_herds_text(candidate, export):
     import mlflow
 
-    gates.run(GOOD)
-    uri = f"models:/{gates.name}@candidate"
-    info = mlflow.models.get_model_info(uri)
+    info = mlflow.models.get_model_info(candidate)
     assert info.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # nothing pickled
     assert [c.type.name for c in info.signature.inputs.inputs] == ["string"]
     assert {p.name: p.default for p in info.signature.params.params} == {
         "max_new_tokens": 64, "temperature": 0.0, "seed": 0, "chat": True}
     assert info.saved_input_example_info is not None
 
-    model = mlflow.pyfunc.load_model(uri)
+    model = mlflow.pyfunc.load_model(candidate)
     answers = model.predict(PROMPTS, params={"max_new_tokens": 12})
     assert answers == herds_own_answers(export, PROMPTS, 12)
     assert all(isinstance(a, str) for a in answers) and any(answers), answers
@@ -178,9 +197,10 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_mlflow_models_serve_answers_invocations_with_generated_text(gates, tracking, export, tmp_path):
-    gates.run(GOOD)
-    with mlflow_models_serve(f"models:/{gates.name}@candidate", tracking, tmp_path) as url:
+def test_mlflow_models_serve_answers_invocations_with_generated_text(candidate, export, tmp_path):
+    import mlflow
+
+    with mlflow_models_serve(candidate, mlflow.get_tracking_uri(), tmp_path) as url:
         frame = {"dataframe_split": {"columns": ["prompt"], "data": [[p] for p in PROMPTS]},
                  "params": {"max_new_tokens": 12}}
         response = httpx.post(f"{url}/invocations", json=frame, timeout=120)

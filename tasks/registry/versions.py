@@ -19,6 +19,8 @@ the next gate compares a candidate with.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,7 +102,8 @@ def _ensure_registered_model(client, name: str, description: str) -> None:
 def register(client, name: str, run_id: str, hf_dir: Path, tags: dict[str, Any], description: str = ""):
     """A new version of ``name``: ``hf_dir`` logged by run ``run_id`` as an MLflow model; the same version again
     if one with the same ``herd.gate_hash`` tag exists (a retried or forced gate registers once)."""
-    _ensure_registered_model(client, name, description or f"herd's {name}: Llama 4 in Hugging Face format")
+    _ensure_registered_model(client, name,
+                             description or f"herd's {name}: Llama 4, an MLflow pyfunc over its Hugging Face files")
     digest = tags.get(GATE_HASH_TAG)
     if digest:
         existing = client.search_model_versions(f"name = '{name}' and tags.`{GATE_HASH_TAG}` = '{digest}'")
@@ -112,18 +115,30 @@ def register(client, name: str, run_id: str, hf_dir: Path, tags: dict[str, Any],
             return client.get_model_version(name, version.version)
     from tasks.registry import serving
 
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
     tags = {key: str(value) for key, value in tags.items()}
     logged = serving.log_model(client, run_id, hf_dir, name, tags)
     source = f"models:/{logged.model_id}"
-    # A database registry looks the logged model of a "models:/" source up through mlflow's global tracking
-    # URI, not the client's (its own TODO says so); a tracking server does it in its own process.
-    with _use_tracking_uri(client.tracking_uri):
+    with _global_tracking_uri(client.tracking_uri):
         version = client.create_model_version(name, source, run_id=run_id, tags=tags,
                                               description=description or None, model_id=logged.model_id)
     log.info("registry: registered %s v%s from %s", name, version.version, source)
     return version
+
+
+@contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """mlflow's global tracking URI set to ``uri`` while needed: a database registry looks the logged model of a
+    ``models:/<model_id>`` source up through it, not through the client's URI (mlflow's own TODO says so)."""
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    if mlflow.get_tracking_uri() == uri:  # MLFLOW_TRACKING_URI says so already: a server, or a set store
+        yield
+        return
+    # Only herd's embedded store gets here, where MLFLOW_TRACKING_URI is unset; setting the global URI sets
+    # that variable too, and putting it back unsets it.
+    with _use_tracking_uri(uri):
+        yield
 
 
 def move_alias(client, name: str, alias: str, version: str) -> str | None:
