@@ -83,6 +83,7 @@ def herds_own_answers(export: Path, prompts: list[str], max_new_tokens: int, cha
 
 def test_the_candidate_loads_with_pyfunc_and_generates_herds_text(candidate, export):
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     info = mlflow.models.get_model_info(candidate)
     assert info.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # nothing pickled
@@ -100,7 +101,7 @@ def test_the_candidate_loads_with_pyfunc_and_generates_herds_text(candidate, exp
     assert plain == herds_own_answers(export, ["Everyone has the right to"], 12, chat=False)
     sampling = {"max_new_tokens": 12, "temperature": 1.0, "seed": 3}
     assert model.predict(PROMPTS, params=sampling) == model.predict(PROMPTS, params=sampling)
-    with pytest.raises(ValueError, match="trained on 256"):
+    with pytest.raises(MlflowException, match="trained on 256"):
         model.predict(PROMPTS, params={"max_new_tokens": 1000})
 
 
@@ -213,3 +214,6 @@ def test_mlflow_models_serve_answers_invocations_with_generated_text(candidate, 
         refused = httpx.post(f"{url}/invocations", timeout=120,
                              json={"inputs": ["x"], "params": {"max_new_tokens": "many"}})
         assert refused.status_code == 400 and "max_new_tokens" in refused.text
+        too_long = httpx.post(f"{url}/invocations", timeout=120,
+                              json={"inputs": ["x"], "params": {"max_new_tokens": 1000}})
+        assert too_long.status_code == 400 and "the model was trained on 256" in too_long.json()["message"]

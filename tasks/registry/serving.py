@@ -135,20 +135,23 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
         import torch
+        from mlflow.exceptions import MlflowException
 
         from tasks.model.generate import generate
 
+        # MlflowException's invalid-parameter error is what the scoring server answers with 400 and this message.
         settings = {**DEFAULTS, **(params or {})}
         max_new_tokens, temperature = int(settings["max_new_tokens"]), float(settings["temperature"])
         if max_new_tokens < 1 or temperature < 0:
-            raise ValueError(f"max_new_tokens must be at least 1 and temperature at least 0, "
-                             f"got {max_new_tokens} and {temperature}")
+            raise MlflowException.invalid_parameter_value(
+                f"max_new_tokens must be at least 1 and temperature at least 0, got {max_new_tokens} and {temperature}")
         chat = bool(settings["chat"])
         prompts = [self._encode(text, chat) for text in _prompts(model_input)]
         longest = max((len(ids) for ids in prompts), default=0) + max_new_tokens
         if longest > self.model.config.max_seq_len:
-            raise ValueError(f"a prompt and its {max_new_tokens} new tokens take {longest} positions; "
-                             f"the model was trained on {self.model.config.max_seq_len}")
+            raise MlflowException.invalid_parameter_value(
+                f"a prompt and its {max_new_tokens} new tokens take {longest} positions; "
+                f"the model was trained on {self.model.config.max_seq_len}")
         stop = self.eot_id if chat else self.end_of_text_id
         with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             completions = generate(self.model, prompts, max_new_tokens, stop, temperature, int(settings["seed"]))
