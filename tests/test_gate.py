@@ -295,14 +295,23 @@ def test_a_first_candidate_is_judged_on_its_bars_registered_and_made_candidate(g
     client = tracking.client()
     version = client.get_model_version(gates.name, metrics["model_version"])
     assert version.aliases == ["candidate"] and versions.by_alias(client, gates.name, "champion") is None
-    assert version.run_id == step["mlflow_run_id"] and version.source.endswith("/hf")
+    assert version.run_id == step["mlflow_run_id"] and version.source.startswith("models:/m-")
     assert version.tags["herd.gate.verdict"] == "pass" and version.tags["herd.dag_run_id"] == "r1"
     assert versions.figures(version) == GOOD_FIGURES
     assert version.tags[versions.MODEL_OUTPUT_TAG] == report["inputs"]["model"]
     assert version.tags["herd.input.problems"].endswith("/problems")
-    artifacts = {a.path for a in client.list_artifacts(step["mlflow_run_id"])}
-    assert {"hf", "reports", "gate"} <= artifacts
-    hf_files = {Path(a.path).name for a in client.list_artifacts(step["mlflow_run_id"], "hf")}
+    assert {a.path for a in client.list_artifacts(step["mlflow_run_id"])} >= {"reports", "gate"}
+    # The version is an MLflow model the gate's run logged: MLmodel, its code, and the hf/ folder as its artifact.
+    from mlflow.entities import LoggedModelStatus
+
+    model_id = version.source.removeprefix("models:/")
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == step["mlflow_run_id"] and logged.status == LoggedModelStatus.READY
+    run = client.get_run(step["mlflow_run_id"])
+    assert [output.model_id for output in run.outputs.model_outputs] == [model_id]
+    files = {a.path for a in client.list_logged_model_artifacts(model_id)}
+    assert {"MLmodel", "pyfunc_model.py", "artifacts"} <= files and not [f for f in files if f.endswith(".pkl")]
+    hf_files = {Path(a.path).name for a in client.list_logged_model_artifacts(model_id, "artifacts/hf")}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= hf_files
 
 
