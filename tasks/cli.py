@@ -165,7 +165,7 @@ def cmd_stage(name: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_plan(planned_stages) -> None:
+def _print_plan(planned_stages, details: dict[str, str] | None = None) -> None:
     for planned in planned_stages:
         if planned.complete:
             state, why = "skip", "complete output exists"
@@ -175,19 +175,38 @@ def _print_plan(planned_stages) -> None:
             state, why = "run", "; ".join(planned.changes) or "previous output incomplete"
         print(f"{planned.spec.id:<18} {state:<4} {planned.uri}")
         print(f"{'':<18} {'':<4} {why}")
+        if not planned.complete and planned.spec.id in (details or {}):
+            print(f"{'':<18} {'':<4} {details[planned.spec.id]}")
+
+
+def _stage_details(config, root: str, inputs: dict[str, str]) -> dict[str, str]:
+    """Work inside a stage that a plan can tell: the sharded data mix's shards to map."""
+    if not config.datamix.map_reduce:
+        return {}
+    from tasks.datamix.sharded import describe_plan
+    from tasks.runtime.step import default_input
+
+    corpus = inputs.get("corpus") or default_input("corpus")
+    try:
+        return {"datamix": describe_plan(corpus, config.datamix, root)}
+    except Exception as err:  # a missing corpus is reported by the stage line already
+        return {"datamix": f"map-reduce: cannot list shards ({err})"}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from tasks.runtime import step
 
-    planned = step.plan(_config(args), _root(args), dict(args.inputs))
+    config = _config(args)
+    planned = step.plan(config, _root(args), dict(args.inputs))
+    details = _stage_details(config, _root(args), dict(args.inputs))
     if args.json:
         print(json.dumps([
-            {"stage": p.spec.id, "output": p.uri, "hash": p.digest, "complete": p.complete, "changes": p.changes}
+            {"stage": p.spec.id, "output": p.uri, "hash": p.digest, "complete": p.complete, "changes": p.changes,
+             **({"work": details[p.spec.id]} if p.spec.id in details and not p.complete else {})}
             for p in planned
         ], indent=2))
     else:
-        _print_plan(planned)
+        _print_plan(planned, details)
     return 0
 
 

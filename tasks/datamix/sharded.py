@@ -24,7 +24,7 @@ from pathlib import Path
 from herd.stages.datamix import DatamixConfig
 from tasks.datamix.budget import estimate_tokens
 from tasks.datamix.documents import input_files
-from tasks.datamix.mapreduce import doc_offsets, map_shard, merge, read_counts, reduce_band
+from tasks.datamix.mapreduce import doc_offsets, map_shard, merge, plan, read_counts, reduce_band
 from tasks.datamix.tally import FirstPass, LanguageTally
 from tasks.runtime import storage
 from tasks.runtime.parallel import worker_count
@@ -94,6 +94,13 @@ def collect(map_outputs: list[str], reduce_outputs: list[str], config: DatamixCo
         drops.setdefault(reason, 0)  # the single process counts both even when zero
     extra = {"near_duplicate_clusters": dups.clusters, "largest_near_duplicate_cluster": dups.largest_cluster}
     return FirstPass(survivors, dict(tallies), drops, stats, docs_in, bytes_in, dups.edge_bytes, extra)
+
+
+def describe_plan(corpus: str, config: DatamixConfig, root: str) -> str:
+    """What a sharded run would compute, for ``herd plan``: map outputs are keyed by shard content."""
+    found = plan(corpus, config, root, partitions_of(config))
+    return (f"map-reduce: {len(found.shards)} shard(s), {found.new} to map, {len(found.shards) - found.new} reused "
+            f"by content hash; then {partitions_of(config)} reducer(s) and the mix")
 
 
 def _config(args: argparse.Namespace) -> DatamixConfig:
