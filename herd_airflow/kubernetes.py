@@ -23,6 +23,15 @@ def pod_operator(task_id: str, arguments: list[str], resources: Resources, setti
     return KubernetesPodOperator(
         task_id=task_id,
         arguments=arguments + (["--xcom-file", XCOM_FILE] if returns_output else []),
+        **pod_operator_fields(task_id, resources, settings, returns_output),
+        **operator_kwargs,
+    )
+
+
+def pod_operator_fields(task_id: str, resources: Resources, settings: KubernetesSettings,
+                        returns_output: bool) -> dict[str, Any]:
+    """Every keyword of a stage's pod operator but its arguments (a mapped task expands those)."""
+    return dict(
         **pod_fields(task_id, resources, settings),
         do_xcom_push=returns_output,
         get_logs=True,
@@ -30,5 +39,4 @@ def pod_operator(task_id: str, arguments: list[str], resources: Resources, setti
         skip_on_exit_code=SKIP_EXIT,
         startup_timeout_seconds=settings.startup_timeout_seconds,
         kubernetes_conn_id=settings.kubernetes_conn_id,
-        **operator_kwargs,
     )

@@ -10,6 +10,7 @@
     herd stage pretrain --variant scout --run r1 --config nano --in tokens=URI
     python -m tasks.datamix --run r1 --config nano     # the same, per stage
     herd launch --nproc 2 -- stage pretrain ...        # every rank of this node (torchrun); see tasks/runtime/launch.py
+    herd datamix map --shard URI --config nano          # one step of the sharded data mix; see tasks/datamix/cli.py
     herd safety cyberseceval --benchmark mitre-frr --dataset URI --out URI --target MODEL  # see tasks/safety/cli.py
     herd safety goat --target MODEL --judge guard --guards URI --turns 5 --out URI  # GOAT red teaming
     herd registry promote --run r1 --gate URI     # champion or not, after a gate; see tasks/registry/cli.py
@@ -122,9 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     end.add_argument("--out", default="")
     end.add_argument("--status", choices=["success", "failed"], default="success")
     from tasks.registry.cli import add_registry_parser
+    from tasks.datamix.cli import add_datamix_parser
     from tasks.safety.cli import add_safety_parser
 
     add_safety_parser(sub)
+    add_datamix_parser(sub, _add_config_args)
     add_registry_parser(sub, _add_config_args)
     # Listed for --help only: main() hands everything after "launch" to tasks.runtime.launch.
     sub.add_parser("launch", add_help=False, help="run a herd command on every rank of this node (torchrun-style)")
@@ -293,6 +296,10 @@ def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
 
             print(format_tables(ablate(_config(args), _root(args), args.only, args.seeds)))
             return 0
+        if args.command == "datamix":
+            from tasks.datamix.cli import run_datamix
+
+            return run_datamix(args, _config, _root)
         if args.command == "registry":
             from tasks.registry.cli import run_registry
 

@@ -1,18 +1,12 @@
-"""Running the map-reduce first pass: in one stage process (maps and reducers in a process
-pool), or step by step from an orchestrator's mapped tasks (``python -m tasks.datamix.sharded``).
+"""Running the map-reduce first pass in one stage process (maps, then reducers, in a process pool).
 
-    python -m tasks.datamix.sharded shards --corpus URI
-    python -m tasks.datamix.sharded map --shard URI --root ARTIFACT_ROOT [--config nano --set ...]
-    python -m tasks.datamix.sharded reduce --maps URI,URI,... --partition P --root ARTIFACT_ROOT
-
-The DAG maps one task over the shard list, then one over the partitions; the stage itself
-(``datamix.map_reduce=true``) finds every map and reduce output complete and only merges,
-budgets and mixes. Each step prints the URI it wrote as its last line (what crosses XCom).
+The DAG runs the same steps as Airflow mapped tasks instead (``herd datamix map`` per shard,
+``herd datamix reduce`` per partition, :mod:`tasks.datamix.cli`); the stage then finds every
+map and reduce output complete and only merges, budgets and mixes.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing
@@ -101,44 +95,3 @@ def describe_plan(corpus: str, config: DatamixConfig, root: str) -> str:
     found = plan(corpus, config, root, partitions_of(config))
     return (f"map-reduce: {len(found.shards)} shard(s), {found.new} to map, {len(found.shards) - found.new} reused "
             f"by content hash; then {partitions_of(config)} reducer(s) and the mix")
-
-
-def _config(args: argparse.Namespace) -> DatamixConfig:
-    from herd.config import parse_override
-    from herd.pipeline import load_config
-
-    return load_config(args.config, dict(parse_override(o) for o in args.overrides)).datamix
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.datamix.sharded", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="step", required=True)
-    for name in ("shards", "map", "reduce"):
-        step = sub.add_parser(name)
-        step.add_argument("--config", default="nano")
-        step.add_argument("--set", dest="overrides", action="append", default=[], metavar="section.field=VALUE")
-        step.add_argument("--root", default="")
-    sub.choices["shards"].add_argument("--corpus", required=True)
-    sub.choices["map"].add_argument("--shard", required=True)
-    sub.choices["reduce"].add_argument("--maps", required=True, help="comma-separated map output URIs, in shard order")
-    sub.choices["reduce"].add_argument("--partition", type=int, required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    config = _config(args)
-    if not args.root:
-        from tasks.runtime.home import artifact_root
-
-        args.root = artifact_root()
-    if args.step == "shards":
-        print(json.dumps([entry.uri for entry in input_files(args.corpus)]))
-    elif args.step == "map":
-        result = map_shard(args.shard, config, args.root, partitions_of(config))
-        log.info("datamix map: %s -> %s (%s)", args.shard, result.uri, "reused" if result.reused else "written")
-        print(result.uri)
-    else:
-        print(reduce_band(args.maps.split(","), args.partition, partitions_of(config), args.root))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
