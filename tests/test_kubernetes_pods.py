@@ -25,6 +25,23 @@ def _kubernetes_dag(monkeypatch):
     return bag.dags["llama4_pipeline"]
 
 
+def _pods(dag) -> list:
+    """Every pod the DAG starts: each pod task's, and one expansion of each mapped pod task.
+
+    The data mix's ``datamix_*_arguments`` are Python tasks: they run in the Airflow worker.
+    """
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    pods = []
+    for task in dag.tasks:
+        if isinstance(task, KubernetesPodOperator):
+            pods.append(task)
+        elif getattr(task, "operator_class", None) is KubernetesPodOperator:
+            arguments = ["datamix", "map", "--shard", "s3://corpus/part-00000.jsonl", "--xcom-file", "/airflow/xcom/return.json"]
+            pods.append(KubernetesPodOperator(task_id=task.task_id, arguments=arguments, **task.partial_kwargs))
+    return pods
+
+
 def _render(operator) -> dict:
     pod = operator.build_pod_request_obj(dry_run=True)
     return ApiClient().sanitize_for_serialization(pod)
@@ -44,7 +61,9 @@ def _assert_restricted(manifest: dict) -> None:
 
 def test_every_task_renders_a_valid_restricted_pod(monkeypatch):
     dag = _kubernetes_dag(monkeypatch)
-    for task in dag.tasks:
+    pods = _pods(dag)
+    assert {"datamix_map", "datamix_reduce"} <= {task.task_id for task in pods}
+    for task in pods:
         manifest = _render(task)
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
         _assert_restricted(manifest)

@@ -60,7 +60,7 @@ class DatamixConfig(StageConfig):
     # partition): it keeps exactly the documents the single process keeps, so these do not
     # move the output hash.
     map_reduce: bool = operational(False, "Map per input file and reduce per LSH key partition.")
-    dedup_partitions: int = operational(16, "Reducers: MinHash band keys partitioned by key % this.")
+    dedup_partitions: int = operational(4, "Reducers: exact and MinHash band keys partitioned by key % this.")
 
     @field_validator("languages")
     @classmethod
