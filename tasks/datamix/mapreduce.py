@@ -140,12 +140,14 @@ def map_shard(shard_uri: str, config: DatamixConfig, root: str, partitions: int,
 
 
 def _batches(shard_uri: str, config: DatamixConfig):
+    # Only a file that cannot be parsed is corrupt. A read that fails (a lost connection, a
+    # missing object) raises: the task fails and is retried, and no output records it as empty.
     try:
         yield from read_batches(shard_uri, config)
-    except (OSError, storage.StorageError, ValueError, EOFError) as err:
+    except EOFError as err:
         raise CorruptShard(f"{shard_uri}: {err}") from err
-    except Exception as err:  # pyarrow's errors (ArrowInvalid, ...) share no base class with the above
-        if type(err).__module__.startswith("pyarrow"):
+    except Exception as err:  # pyarrow's parse errors (ArrowInvalid, ...) share no base class
+        if type(err).__module__.startswith("pyarrow") and not isinstance(err, OSError | storage.StorageError):
             raise CorruptShard(f"{shard_uri}: {err}") from err
         raise
 
