@@ -162,7 +162,7 @@ def _write_map_output(shard_uri: str, config: DatamixConfig, partitions: int, lo
             for batch in _batches(shard_uri, config):
                 result = process_batch(batch)
                 _accumulate(total, result)
-                for offset, doc in enumerate(result.documents):
+                for doc in result.documents:
                     docs.write(json.dumps({"id": doc.id, "lang": doc.lang, "text": doc.text}, ensure_ascii=False) + "\n")
                 if result.documents:
                     local_ids = np.arange(count, count + len(result.documents), dtype=np.uint64)
