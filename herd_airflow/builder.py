@@ -16,7 +16,8 @@ from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 from herd.pipeline import PRESETS, STAGE_NAMES, STAGES, override_schema
 from herd.stage import StageSpec
 from herd.stages.models import VARIANTS
-from herd_airflow.factory import command_task, config_arguments, overrides_json, stage_task
+from herd_airflow.factory import command_task, config_arguments, overrides_json, stage_arguments, stage_task
+from herd_airflow.mapped import MAPPED_STAGE_TRIGGER, datamix_stage_arguments, sharded_first_pass
 from herd_airflow.registry import OVERRIDE_PARAM, gate_override_param, promote_task
 
 RECIPE_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True}
@@ -97,9 +98,17 @@ def recipe_tasks(begin: Any, groups: dict[str, TaskGroup] | None = None,
         if spec.variant and spec.variant not in groups:
             groups[spec.variant] = variant_group(spec.variant)
         feeders = {key: feeder(spec) for key, feeder in (fed_by or {}).items() if key in spec.inputs}
-        task = stage_task(spec, {key: feeder.task_id for key, feeder in feeders.items()},
-                          task_group=groups.get(spec.variant))
+        fed = {key: feeder.task_id for key, feeder in feeders.items()}
         upstream = [stage_tasks[stage_id] for stage_id in spec.upstream] or [begin]
+        if spec.name == "datamix":  # its first pass as mapped tasks, then the stage merges and mixes
+            first, last = sharded_first_pass(spec, fed)
+            [*upstream, *feeders.values()] >> first
+            upstream = [last]
+            task = command_task(spec.name, datamix_stage_arguments(stage_arguments(spec, fed)), spec.resources,
+                                returns_output=True, doc_md=spec.summary, trigger_rule=MAPPED_STAGE_TRIGGER,
+                                execution_timeout=spec.timeout)
+        else:
+            task = stage_task(spec, fed, task_group=groups.get(spec.variant))
         [*upstream, *feeders.values()] >> task
         stage_tasks[spec.id] = task
         if spec.name == "gate":

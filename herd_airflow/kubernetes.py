@@ -54,20 +54,28 @@ class StagePodOperator(KubernetesPodOperator):
 
 def pod_operator(task_id: str, arguments: list[str], resources: Resources, settings: KubernetesSettings,
                  returns_output: bool, **operator_kwargs: Any) -> KubernetesPodOperator:
-    """A KubernetesPodOperator for one pod; ``resources`` as on this cluster (``effective_resources``).
+    """A KubernetesPodOperator for one pod; ``resources`` as on this cluster (``effective_resources``)."""
+    return StagePodOperator(
+        task_id=task_id,
+        arguments=stage_command(arguments + (["--xcom-file", TERMINATION_MESSAGE] if returns_output else []),
+                                resources),
+        **pod_operator_fields(task_id, resources, settings, returns_output, operator_kwargs.get("execution_timeout")),
+        **operator_kwargs,
+    )
+
+
+def pod_operator_fields(task_id: str, resources: Resources, settings: KubernetesSettings, returns_output: bool,
+                        execution_timeout: Any = None) -> dict[str, Any]:
+    """Every keyword of a stage's :class:`StagePodOperator` but its arguments (a mapped task expands those).
 
     Deferrable: a pod that waits (for a node, or in Kueue's queue) holds no worker slot. A pod
     Kueue holds back is Pending until admitted, which is not a failure: its startup timeout is
     the task's whole execution timeout.
     """
     startup = settings.startup_timeout_seconds
-    timeout = operator_kwargs.get("execution_timeout")
-    if queue_labels(resources, settings) and isinstance(timeout, timedelta):
-        startup = max(startup, int(timeout.total_seconds()))
-    return StagePodOperator(
-        task_id=task_id,
-        arguments=stage_command(arguments + (["--xcom-file", TERMINATION_MESSAGE] if returns_output else []),
-                                resources),
+    if queue_labels(resources, settings) and isinstance(execution_timeout, timedelta):
+        startup = max(startup, int(execution_timeout.total_seconds()))
+    return dict(
         **pod_fields(task_id, resources, settings),
         returns_output=returns_output,
         get_logs=True,
@@ -76,5 +84,4 @@ def pod_operator(task_id: str, arguments: list[str], resources: Resources, setti
         startup_timeout_seconds=startup,
         kubernetes_conn_id=settings.kubernetes_conn_id,
         deferrable=settings.deferrable,
-        **operator_kwargs,
     )

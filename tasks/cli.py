@@ -10,6 +10,7 @@
     herd stage pretrain --variant scout --run r1 --config nano --in tokens=URI
     python -m tasks.datamix --run r1 --config nano     # the same, per stage
     herd launch --nproc 2 -- stage pretrain ...        # every rank of this node (torchrun); see tasks/runtime/launch.py
+    herd datamix map --shard URI --config nano          # one step of the sharded data mix; see tasks/datamix/cli.py
     herd safety cyberseceval --benchmark mitre-frr --dataset URI --out URI --target MODEL  # see tasks/safety/cli.py
     herd safety goat --target MODEL --judge guard --guards URI --turns 5 --out URI  # GOAT red teaming
     herd registry promote --run r1 --gate URI     # champion or not, after a gate; see tasks/registry/cli.py
@@ -122,9 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     end.add_argument("--out", default="")
     end.add_argument("--status", choices=["success", "failed"], default="success")
     from tasks.registry.cli import add_registry_parser
+    from tasks.datamix.cli import add_datamix_parser
     from tasks.safety.cli import add_safety_parser
 
     add_safety_parser(sub)
+    add_datamix_parser(sub, _add_config_args)
     add_registry_parser(sub, _add_config_args)
     # Listed for --help only: main() hands everything after "launch" to tasks.runtime.launch.
     sub.add_parser("launch", add_help=False, help="run a herd command on every rank of this node (torchrun-style)")
@@ -165,7 +168,7 @@ def cmd_stage(name: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_plan(planned_stages) -> None:
+def _print_plan(planned_stages, details: dict[str, str] | None = None) -> None:
     for planned in planned_stages:
         if planned.complete:
             state, why = "skip", "complete output exists"
@@ -175,19 +178,38 @@ def _print_plan(planned_stages) -> None:
             state, why = "run", "; ".join(planned.changes) or "previous output incomplete"
         print(f"{planned.spec.id:<18} {state:<4} {planned.uri}")
         print(f"{'':<18} {'':<4} {why}")
+        if not planned.complete and planned.spec.id in (details or {}):
+            print(f"{'':<18} {'':<4} {details[planned.spec.id]}")
+
+
+def _stage_details(config, root: str, inputs: dict[str, str]) -> dict[str, str]:
+    """Work inside a stage that a plan can tell: the sharded data mix's shards to map."""
+    if not config.datamix.map_reduce:
+        return {}
+    from tasks.datamix.sharded import describe_plan
+    from tasks.runtime.step import default_input
+
+    corpus = inputs.get("corpus") or default_input("corpus")
+    try:
+        return {"datamix": describe_plan(corpus, config.datamix, root)}
+    except Exception as err:  # a missing corpus is reported by the stage line already
+        return {"datamix": f"map-reduce: cannot list shards ({err})"}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from tasks.runtime import step
 
-    planned = step.plan(_config(args), _root(args), dict(args.inputs))
+    config = _config(args)
+    planned = step.plan(config, _root(args), dict(args.inputs))
+    details = _stage_details(config, _root(args), dict(args.inputs))
     if args.json:
         print(json.dumps([
-            {"stage": p.spec.id, "output": p.uri, "hash": p.digest, "complete": p.complete, "changes": p.changes}
+            {"stage": p.spec.id, "output": p.uri, "hash": p.digest, "complete": p.complete, "changes": p.changes,
+             **({"work": details[p.spec.id]} if p.spec.id in details and not p.complete else {})}
             for p in planned
         ], indent=2))
     else:
-        _print_plan(planned)
+        _print_plan(planned, details)
     return 0
 
 
@@ -274,6 +296,10 @@ def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
 
             print(format_tables(ablate(_config(args), _root(args), args.only, args.seeds)))
             return 0
+        if args.command == "datamix":
+            from tasks.datamix.cli import run_datamix
+
+            return run_datamix(args, _config, _root)
         if args.command == "registry":
             from tasks.registry.cli import run_registry
 

@@ -10,7 +10,7 @@ from conftest import REPO
 PACKAGE = "herd_airflow"
 # Each module may import only the modules before it: the DAG builder, the registry's tasks, the
 # factory that chooses the operator, the operators, the Kubernetes manifests.
-LAYERS = ["manifests", "local", "kubernetes", "gang", "factory", "registry", "builder"]
+LAYERS = ["manifests", "local", "kubernetes", "gang", "factory", "registry", "mapped", "builder"]
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -15,7 +15,9 @@ from herd.stages.gate import REQUIRED_BARS
 
 DEFAULT_BARS = {figure: bar.model_dump(exclude_none=True) for figure, bar in REQUIRED_BARS.items()}
 
-HEAVY = ["torch", "mlflow", "tokenizers", "transformers", "boto3", "numpy", "pyarrow", "pandas", "matplotlib"]
+# Not boto3: the Amazon provider (remote task logs in the bucket) registers an s3 Asset URI handler, and Airflow
+# loads every provider's handlers, the S3 hook and boto3 with them, when a DAG defines an Asset (llama4_retrain).
+HEAVY = ["torch", "mlflow", "tokenizers", "transformers", "numpy", "pyarrow", "pandas", "matplotlib"]
 
 PARSE_PROBE = f"""
 import json, sys, time
@@ -62,9 +64,16 @@ def test_dag_shape_tags_and_retries():
     assert dag.schedule is None or str(dag.timetable.summary) == "None"
     ids = {t.task_id for t in dag.tasks}
     promotions = {f"{spec.variant}.promote" for spec in STAGES if spec.name == "gate"}
-    assert ids == {"begin", *(spec.id for spec in STAGES), *promotions, "finish", "finish_failed"}
+    mix = {"datamix_shards", "datamix_map_arguments", "datamix_map", "datamix_reduce_arguments", "datamix_reduce"}
+    assert ids == {"begin", *(spec.id for spec in STAGES), *promotions, "finish", "finish_failed", *mix}
     assert dag.get_task("tokenizer").upstream_task_ids == {"datamix"}
-    assert dag.get_task("datamix").upstream_task_ids == {"begin"}
+    # The data mix's first pass as mapped tasks: a map per shard, a reducer per key partition, then the stage.
+    assert dag.get_task("datamix_shards").upstream_task_ids == {"begin"}
+    assert dag.get_task("datamix_map").upstream_task_ids == {"datamix_map_arguments"}
+    assert dag.get_task("datamix_reduce").upstream_task_ids == {"datamix_reduce_arguments", "datamix_map"}
+    assert dag.get_task("datamix").upstream_task_ids == {"datamix_reduce"}
+    assert dag.get_task("datamix").trigger_rule == "none_failed"  # runs when the maps expand to nothing
+    assert "datamix.map_reduce=true" in dag.get_task("datamix").arguments
     # One model task per variant, each variant a task group; the students mid-train after their pretraining.
     assert {"behemoth.pretrain", "scout.pretrain", "maverick.pretrain"} <= ids
     assert dag.get_task("scout.midtrain").upstream_task_ids == {"scout.pretrain", "tokenizer"}

@@ -69,6 +69,7 @@ def test_retrain_continues_each_variant_from_its_champion_with_the_champions_tok
     assert stage_ids <= {t.task_id for t in dag.tasks}
     assert {t.task_id for t in dag.tasks} - stage_ids == {
         "begin", "finish", "finish_failed", "tokenizer_base",
+        "datamix_shards", "datamix_map_arguments", "datamix_map", "datamix_reduce_arguments", "datamix_reduce",
         *(f"{v}.champion" for v in VARIANTS), *(f"{v}.promote" for v in VARIANTS)}
     for spec in STAGES:  # the same graph as the pipeline's, plus where each stage's champion comes from
         extra = dag.get_task(spec.id).upstream_task_ids - pipeline.get_task(spec.id).upstream_task_ids
@@ -187,13 +188,13 @@ def test_evaluate_dag_runs_on_a_registered_tiny_model(gates):
 
 def test_every_retrain_and_evaluate_task_renders_a_valid_pod(monkeypatch):
     import kubernetes_validate
-    from test_kubernetes_pods import KUBERNETES_VERSION, _assert_restricted, _render
+    from test_kubernetes_pods import KUBERNETES_VERSION, _assert_restricted, _pods, _render
 
     monkeypatch.setenv("HERD_BACKEND", "kubernetes")
     monkeypatch.setenv("HERD_K8S_IMAGE", "registry.internal/herd-trainer:0.1.0")
     bag = _bag()
     for dag_id in ("llama4_retrain", "llama4_evaluate"):
-        for task in bag.dags[dag_id].tasks:
+        for task in _pods(bag.dags[dag_id]):
             manifest = _render(task)
             kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
             _assert_restricted(manifest)
@@ -202,4 +203,6 @@ def test_every_retrain_and_evaluate_task_renders_a_valid_pod(monkeypatch):
         args = _render(bag.dags["llama4_retrain"].get_task(task_id))["spec"]["containers"][0]["args"]
         assert args[0] == "registry" and args[-2:] == ["--xcom-file", "/dev/termination-log"]
     evaluate = _render(bag.dags["llama4_evaluate"].get_task("evaluate"))["spec"]["containers"][0]
-    assert evaluate["args"][:2] == ["registry", "evaluate"] and evaluate["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # A GPU pod runs through herd launch, one worker per GPU: here one.
+    assert evaluate["args"][:4] == ["launch", "--", "registry", "evaluate"]
+    assert evaluate["resources"]["limits"]["nvidia.com/gpu"] == "1"

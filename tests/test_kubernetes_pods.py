@@ -27,6 +27,25 @@ def _kubernetes_dag(monkeypatch, **env: str):
     return bag.dags["llama4_pipeline"]
 
 
+def _pods(dag) -> list:
+    """Every pod the DAG starts: each pod task's, and one expansion of each mapped pod task.
+
+    The data mix's ``datamix_*_arguments`` are Python tasks: they run in the Airflow worker.
+    """
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    from herd_airflow.kubernetes import TERMINATION_MESSAGE, StagePodOperator
+
+    pods = []
+    for task in dag.tasks:
+        if isinstance(task, KubernetesPodOperator):
+            pods.append(task)
+        elif getattr(task, "operator_class", None) is StagePodOperator:
+            arguments = ["datamix", "map", "--shard", "s3://corpus/part-00000.jsonl", "--xcom-file", TERMINATION_MESSAGE]
+            pods.append(StagePodOperator(task_id=task.task_id, arguments=arguments, **task.partial_kwargs))
+    return pods
+
+
 def _render(operator) -> dict:
     pod = operator.build_pod_request_obj(dry_run=True)
     return ApiClient().sanitize_for_serialization(pod)
@@ -46,7 +65,9 @@ def _assert_restricted(manifest: dict) -> None:
 
 def test_every_task_renders_a_valid_restricted_pod(monkeypatch):
     dag = _kubernetes_dag(monkeypatch)
-    for task in dag.tasks:
+    pods = _pods(dag)
+    assert {"datamix_map", "datamix_reduce"} <= {task.task_id for task in pods}
+    for task in pods:
         manifest = _render(task)
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
         _assert_restricted(manifest)

@@ -56,6 +56,11 @@ class DatamixConfig(StageConfig):
     seed: int = 0
     workers: int = operational(0, "Processes for the CPU-bound steps; 0 uses every core.")
     batch_docs: int = operational(512, "Documents per work unit sent to a worker.")
+    # The same first pass as a map-reduce (one map per input file, one reducer per key
+    # partition): it keeps exactly the documents the single process keeps, so these do not
+    # move the output hash.
+    map_reduce: bool = operational(False, "Map per input file and reduce per LSH key partition.")
+    dedup_partitions: int = operational(4, "Reducers: exact and MinHash band keys partitioned by key % this.")
 
     @field_validator("languages")
     @classmethod

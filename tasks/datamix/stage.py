@@ -22,7 +22,6 @@ import resource
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,10 @@ from tasks import languages
 from tasks.datamix.budget import Budget, budgets, copies, estimate_tokens
 from tasks.datamix.documents import BatchResult, init_worker, process_batch, read_batches
 from tasks.datamix.dedup import SeenKeys
+from tasks.datamix.mapreduce import artifact_root
+from tasks.datamix.sharded import first_pass_sharded
 from tasks.datamix.report import log_reports
+from tasks.datamix.tally import FirstPass, LanguageTally
 from tasks.runtime.context import StageContext
 from tasks.runtime.parallel import ordered_map, worker_count
 
@@ -40,24 +42,6 @@ log = logging.getLogger(__name__)
 
 MAX_SHARD_BYTES = 64 << 20  # a shard is shuffled in memory: this bounds the stage's peak RSS
 PROGRESS_EVERY_DOCS = 100_000
-
-
-@dataclass
-class LanguageTally:
-    docs: int = 0
-    tokens: int = 0
-    dropped: int = 0
-
-
-@dataclass
-class FirstPass:
-    survivors: Path
-    tallies: dict[str, LanguageTally]
-    drops: Counter
-    stats: Counter
-    docs_in: int
-    bytes_in: int
-    index_bytes: int
 
 
 def _first_pass(corpus: str, config: DatamixConfig, scratch: Path) -> FirstPass:
@@ -161,7 +145,10 @@ def run(ctx: StageContext[DatamixConfig]) -> dict:
     clock = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="herd-datamix-") as tmp:
         scratch = Path(tmp)
-        first = _first_pass(ctx.inputs["corpus"], config, scratch)
+        if config.map_reduce:
+            first = first_pass_sharded(ctx.inputs["corpus"], config, artifact_root(ctx.output_uri), scratch)
+        else:
+            first = _first_pass(ctx.inputs["corpus"], config, scratch)
         read_seconds = time.monotonic() - clock
         plan = budgets({lang: t.tokens for lang, t in first.tallies.items()}, config)
         shards, actual = _write_shards(first, plan, config, scratch, ctx.workdir / "shards")
@@ -199,6 +186,7 @@ def run(ctx: StageContext[DatamixConfig]) -> dict:
         "mb_per_second": round(first.bytes_in / 1e6 / max(read_seconds, 1e-9), 3),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "dedup_index_mb": round(first.index_bytes / 1e6, 2),
+        **first.extra_metrics,
         **{f"dropped_{reason}": count for reason, count in sorted(first.drops.items())},
     }
     manifest = {
