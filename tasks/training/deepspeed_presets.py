@@ -114,7 +114,7 @@ class Plan:
     training: dict  # pretrain.* settings
     deepspeed: dict  # what herd's engine hands deepspeed.initialize
     memory: Memory
-    host_bytes: int  # what one rank materialises on the host at start: its experts and the dense weights, fp32
+    host_bytes: int  # what one rank materialises on the host at start: its ZeRO-3 partition of the weights, fp32
 
     @property
     def world_size(self) -> int:
@@ -159,17 +159,26 @@ def plan(preset: str, nodes: int | None = None, gpus_per_node: int | None = None
     deepspeed = deepspeed_config(training, world_size, bf16=False)  # the engine's own call in train()
     settings = training.model_dump(include={"engine", "zero_stage", "expert_parallel_size",
                                             "activation_checkpointing", "precision", "seq_len", "batch_size"})
-    return Plan(preset, nodes, gpus_per_node, settings, deepspeed, memory, host_bytes(config, ep))
+    return Plan(preset, nodes, gpus_per_node, settings, deepspeed, memory, host_bytes(config, ep, world_size))
 
 
-def host_bytes(config: ModelConfig, ep: int) -> int:
-    """One rank's host memory for the weights at start: the model is built on the meta device, each rank
-    keeps its E/P experts of every layer, then materialises (fp32) what it kept, before ZeRO-3 partitions it."""
+def host_bytes(config: ModelConfig, ep: int, world_size: int) -> int:
+    """One rank's weights (fp32) once started under ZeRO-3: its partition of every parameter.
+
+    The model is built on the meta device, each rank keeps its E/P experts of every layer, then
+    materialises one module at a time, keeping its partition of each: ``1/W`` of a dense weight,
+    ``P/W`` of its expert weights (partitioned over the ``W/P`` ranks holding the same experts),
+    padded as ZeRO-3 pads, to a multiple of the group. While a module is drawn its own parameters
+    are whole for a moment: the start's peak is this plus the largest module's own parameters.
+    """
     with torch.device("meta"):
         model = Llama4(config)
-    experts = sum(p.numel() for m in model.modules() if isinstance(m, Experts) for p in m.parameters())
-    dense = sum(p.numel() for p in model.parameters()) - experts
-    return FP32 * (dense + experts // ep)
+    held = 0
+    for module in model.modules():
+        experts = isinstance(module, Experts)
+        group = world_size // ep if experts else world_size
+        held += sum(math.ceil(p.numel() // (ep if experts else 1) / group) for p in module.parameters(recurse=False))
+    return FP32 * held
 
 
 def estimate(config: ModelConfig, world_size: int, ep: int, micro_batch: int, seq_len: int,
@@ -226,5 +235,5 @@ def format_plan(found: Plan) -> str:
              "  memory per GPU (estimate):",
              *(f"    {name:<17} {value / 1e9:8.1f} GB" for name, value in rows),
              f"  {'fits' if found.fits else 'does NOT fit'} an 80 GB H100",
-             f"  host memory per rank at start (weights it materialises): {found.host_bytes / 1e9:.1f} GB"]
+             f"  host memory per rank at start (its partition of the weights): {found.host_bytes / 1e9:.2f} GB"]
     return "\n".join(lines)

@@ -14,11 +14,16 @@ every MoE layer's routed experts (``tasks/model/parallelize.py``), and ZeRO-3 pa
 expert shard over the ranks that hold the same experts, averaging its gradient over all
 ranks, as DeepSpeed does for its own expert layers. Checkpoints still hold every expert:
 they are gathered to save and sliced again to resume.
+
+A model still on the meta device (``new_model`` under DeepSpeed) is materialised here, after
+its experts are sharded; at ZeRO-3 one module at a time, each rank keeping only its partition
+of a module's weights before the next is drawn (``tests/test_zero3_start.py`` measures it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import math
@@ -114,7 +119,8 @@ class DeepSpeedEngine:
         if self.experts:
             _shard_experts(model, config.expert_parallel_size, self.world_size)
         if any(param.is_meta for param in model.parameters()):
-            model.materialize(device)  # only this rank's experts: the rest never existed here
+            # Only this rank's experts: the rest never existed here; under ZeRO-3, only its partitions.
+            model.materialize(device, _partitioner(config, self.world_size, bf16) if config.zero_stage == 3 else None)
             if prepare is not None:
                 prepare(model)
         groups = _split_expert_groups(model, groups) if self.experts else _with_params(model, groups)
@@ -393,14 +399,8 @@ def _split_expert_groups(model: torch.nn.Module, groups: list[dict]) -> list[dic
 
     ZeRO-3 keeps a bucket's parameters on one partition group, hence the separate optimizer groups.
     """
-    from deepspeed.utils import groups as ds_groups
-
-    experts = next(iter(parallelize.sharded(model).values()))
-    name = f"ep_size_{experts.ranks}"
-    for param in parallelize.expert_parameters(model):
-        param.allreduce, param.group_name = False, name
-        param.ds_zero_placement_family, param.ds_zero_partition_group_name = "autoep_expert", name
-        param.ds_zero_partition_process_group = ds_groups._get_expert_data_parallel_group(name)
+    for module in parallelize.sharded(model).values():
+        _mark_experts(module)
     params = dict(model.named_parameters())
     split = []
     for group in groups:
@@ -410,6 +410,54 @@ def _split_expert_groups(model: torch.nn.Module, groups: list[dict]) -> list[dic
         split += [{**group, "params": dense}] if dense else []
         split += [{**group, "name": f"{group['name']}_experts", "params": experts}] if experts else []
     return split
+
+
+def _mark_experts(module: parallelize.ShardedExperts) -> None:
+    """Mark a layer's expert parameters as DeepSpeed's own expert layers are (see :func:`_shard_experts`)."""
+    from deepspeed.utils import groups as ds_groups
+
+    name = f"ep_size_{module.ranks}"
+    for param in module.parameters(recurse=False):
+        param.allreduce, param.group_name = False, name
+        param.ds_zero_placement_family, param.ds_zero_partition_group_name = "autoep_expert", name
+        param.ds_zero_partition_process_group = ds_groups._get_expert_data_parallel_group(name)
+
+
+def _partitioner(config: TrainingConfig, world_size: int, bf16: bool) -> Callable[[torch.nn.Module], None]:
+    """What :meth:`Llama4.materialize` hands each module's freshly initialised parameters to under ZeRO-3: keep
+    this rank's partition and free the rest (``deepspeed.zero.Init``, as if the module were built inside it).
+
+    Every rank draws the same values (each parameter has its own seeded stream), so the partitions
+    are those of the whole model a single process initialises. An expert shard is partitioned over
+    the ranks holding the same experts, which its marks name; the rest over every rank.
+    """
+    import deepspeed
+
+    ds_config = deepspeed_config(config, world_size, bf16)
+
+    def partition(module: torch.nn.Module) -> None:
+        if not any(True for _ in module.parameters(recurse=False)):
+            return
+        if isinstance(module, parallelize.ShardedExperts):
+            _mark_experts(module)
+        deepspeed.zero.Init(module=module, config_dict_or_path=ds_config,
+                            dtype=torch.bfloat16 if bf16 else torch.float32)  # children are partitioned already
+        _return_freed_memory()
+
+    return partition
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    glibc serves a block under its mmap threshold (which rises to 32 MB as large blocks are
+    freed) from the heap, and keeps the pages of a freed one resident: without this, the whole
+    weights drawn before partitioning would stay in a rank's RSS wherever they are that small.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 Engine = PlainEngine | DeepSpeedEngine
