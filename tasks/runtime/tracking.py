@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 from urllib.error import URLError
@@ -132,7 +133,9 @@ def dataset_input(name: str, uri: str, digest: str, context: str, profile: dict[
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    source = resolve_dataset_source(uri)
+    with warnings.catch_warnings():  # a local path matches MLflow's local source twice over: the same class
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(uri)
     dataset = Dataset(name, digest, source._get_source_type(), source.to_json(),
                       profile=json.dumps(profile, sort_keys=True) if profile else None)
     return DatasetInput(dataset, tags=[InputTag(DATASET_CONTEXT_TAG, context)])
