@@ -24,7 +24,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -259,9 +261,23 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _exit_on_termination() -> None:
+    """SIGTERM (Airflow stopping a task, Kubernetes deleting a pod, ``kill``) and SIGHUP raise SystemExit, as
+    Ctrl-C raises KeyboardInterrupt: the stage unwinds, and its MLflow run ends FAILED instead of RUNNING forever."""
+    def stop(signum: int, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:  # a handler the host process installed stays
+            signal.signal(signum, stop)
+
+
 def main(argv: list[str] | None = None, stage_name: str | None = None) -> int:
     """Entry point; ``stage_name`` is set by ``python -m tasks.NAME``, which takes no subcommand."""
     argv = sys.argv[1:] if argv is None else argv
+    _exit_on_termination()
     if not stage_name and argv[:1] == ["launch"]:
         from tasks.runtime.launch import main as launch
 

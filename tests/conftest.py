@@ -140,6 +140,23 @@ def tokenizer_dir(udhr_subset, tmp_path_factory) -> Path:
         return Path(record.read_text())
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Selenium, for the tests that use a web UI as a person does (Airflow, MLflow)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    # The driver's path given: Selenium does not go looking for one to download.
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    yield browser
+    browser.quit()
+
+
 def tiny_model(vocab_size: int, seed: int = 0, **shape) -> Llama4:
     """A Llama 4 of :data:`TINY_SHAPE` (``shape`` changes its fields), initialised from ``seed``."""
     import torch

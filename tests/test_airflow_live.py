@@ -13,7 +13,6 @@ The browser test needs Debian's ``chromium`` and ``chromium-driver`` and is skip
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -133,22 +132,6 @@ def test_a_selected_stage_whose_left_out_upstream_has_no_output_fails_the_run_sa
     assert states["behemoth.pretrain"] == "failed" and states["scout.midtrain"] == "upstream_failed"
     assert "a selected stage needs it; select it or run it first" in _log(airflow, run_id, "behemoth.pretrain")
     assert states["finish_failed"] == "success" and states["finish"] == "upstream_failed"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(argument)
-    # The driver's path given: Selenium does not go looking for one to download.
-    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-    yield browser
-    browser.quit()
 
 
 def test_ui_trigger_form_starts_a_run_with_the_parameters_typed_in(browser, airflow, udhr_subset, tmp_path,

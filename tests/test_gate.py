@@ -219,7 +219,7 @@ def fake_output(root: Path, stage: str, variant: str, metrics: dict, model: Path
             shutil.copyfile(model / name, folder / name)
     step = {"stage": stage, "stage_id": f"{variant}.{stage}", "variant": variant, "output_hash": digest,
             "output": str(folder), "metrics": metrics, "inputs": inputs or {}, "code_version": {"git": "test"},
-            "finished_at": "2026-01-01T00:00:00+00:00"}
+            "finished_at": "2026-01-01T00:00:00+00:00", "mlflow_run_id": f"run-of-{stage}-{digest}"}
     (folder / "step.json").write_text(json.dumps(step))
     (folder / "_SUCCESS").write_text("{}")
     return str(folder)
@@ -301,6 +301,9 @@ def test_a_first_candidate_is_judged_on_its_bars_registered_and_made_candidate(g
     assert version.tags[versions.MODEL_OUTPUT_TAG] == report["inputs"]["model"]
     assert version.tags["herd.input.problems"].endswith("/problems")
     assert {a.path for a in client.list_artifacts(step["mlflow_run_id"])} >= {"reports", "gate"}
+    # The runs that made the gate's inputs, as their step records name them.
+    assert version.tags["herd.mlflow_run.model"] == f"run-of-dpo-{Path(report['inputs']['model']).name}"
+    assert version.tags["herd.mlflow_run.sft"].startswith("run-of-sft-")
     # The version is an MLflow model the gate's run logged: MLmodel, its code, and the hf/ folder as its artifact.
     from mlflow.entities import LoggedModelStatus
 

@@ -11,7 +11,8 @@ and the candidate's value, the verdict and why), logged to the stage's MLflow ru
 
 Whatever the verdict, the model is registered: its ``hf/`` folder (weights and tokenizer)
 becomes an artifact of this MLflow run and a new version of ``herd-<variant>`` is created
-from it, tagged with its provenance and figures, and the ``candidate`` alias moves to it.
+from it, tagged with its provenance (input URIs, and the MLflow runs that made them) and figures, and the
+``candidate`` alias moves to it.
 A failed gate is a result, not an error: the stage succeeds with ``verdict: fail``. Moving
 ``champion`` is :mod:`tasks.registry.promote`'s job, run after the gate in every DAG run,
 because it must judge against the champion of *that* moment (this stage's output is
@@ -95,6 +96,8 @@ def run(ctx: StageContext[GateConfig]) -> dict:
         "herd.gate.failed": ",".join(failures) or "none",
         "herd.gate.champion": str(champion.version) if champion is not None else "none",
         **{f"herd.output.{key}": uri for key, uri in ctx.inputs.items()},
+        # The MLflow runs that made each input: the version's run_id is the gate's own run.
+        **{f"herd.mlflow_run.{key}": step["mlflow_run_id"] for key, step in steps.items() if step.get("mlflow_run_id")},
         **{f"herd.input.{key}": uri for key, uri in final.get("inputs", {}).items() if key != "model"},
         **{f"{versions.FIGURE_TAG}{figure}": value for figure, value in gated.items()},
     }

@@ -29,7 +29,7 @@ from herd.versioning import describe_changes, output_hash, output_uri, stage_rec
 from tasks.runtime import storage
 from tasks.runtime.context import StageContext
 from tasks.runtime.home import default_corpus, default_cyberseceval
-from tasks.runtime.tracking import NullRun, StageRun
+from tasks.runtime.tracking import OUTPUT_CONTEXT, NullRun, StageRun, dataset_input
 
 log = logging.getLogger("herd")
 
@@ -216,7 +216,9 @@ def execute(
     }
     params = {**stage_config.model_dump(mode="json"), **{f"input.{k}": v for k, v in inputs.items()}, "output": out}
     # Tracking first: an unreachable MLflow fails the stage before anything is touched.
-    tracker = StageRun.start(run_id, label, tags, params)
+    # System metrics for the stages that hold GPUs: where host load decides what a stage costs.
+    tracker = StageRun.start(run_id, label, tags, params, system_metrics=spec.resources.gpus > 0)
+    tracker.log_datasets(input_datasets(spec, inputs, hashes))
     if storage.exists(marker):
         storage.delete(marker)  # --force: readers must not take a folder being rewritten as complete
     if force or not spec.resumable:
@@ -260,6 +262,7 @@ def execute(
         if remote:
             storage.upload_tree(workdir, out)
         tracker.log_artifact(workdir / STEP_FILE)
+        tracker.log_datasets([dataset_input(label, out, digest, OUTPUT_CONTEXT, {"made_by_run": tracker.run_id})])
         tracker.log_metrics({"wall_seconds": wall, "cpu_seconds": cpu_seconds, "gpu_hours": gpu_hours})
         storage.write_text(marker, json.dumps({"output_hash": digest, "finished_at": step["finished_at"]}) + "\n")
     except BaseException:
@@ -271,6 +274,20 @@ def execute(
     tracker.end("FINISHED")
     log.info("%s: done in %.1f s -> %s", label, step["wall_seconds"], out)
     return out
+
+
+def input_datasets(spec: StageSpec, inputs: dict[str, str], hashes: dict[str, str]) -> list:
+    """Each input as an MLflow dataset: a stage's output under that stage's id (the dataset its run logged as
+    output, so the two runs share it), user data under its input name; the context says which input it fed."""
+    datasets = []
+    for key, uri in inputs.items():
+        producer = spec.inputs[key].from_stage
+        profile = {}
+        if producer:
+            made_by = json.loads(storage.read_text(storage.join(uri, STEP_FILE))).get("mlflow_run_id")
+            profile = {"made_by_run": made_by} if made_by else {}
+        datasets.append(dataset_input(producer or key, uri, hashes[key], key, profile))
+    return datasets
 
 
 def gpus_in_use() -> int:
