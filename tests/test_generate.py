@@ -1,5 +1,5 @@
 """Generation: the model's forward with a key/value cache is the full forward, position by position, so are the
-logits of the last positions alone, and greedy decoding with the cache gives the tokens that decoding without one
+logits of the last positions (or of selected ones) alone, and greedy decoding with the cache gives the tokens that decoding without one
 gives."""
 
 from __future__ import annotations
@@ -54,6 +54,25 @@ def test_the_last_positions_logits_alone_are_the_full_forwards(style):
     torch.testing.assert_close(prefilled, full[:, 19:20], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rest, full[:, 26:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone, full[:, 23:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_the_selected_positions_logits_alone_are_the_full_forwards(style):
+    model = small_model(style)
+    tokens = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(4))
+    where = torch.rand(3, 30, generator=torch.Generator().manual_seed(5)) < 0.3
+    where[1] = False  # a row with no position selected gives none
+    with torch.no_grad():
+        full = model(tokens).logits
+        selected = model(tokens, where=where)
+        with pytest.raises(ValueError, match="where"):
+            model(tokens, where=where[:, 1:])
+        with pytest.raises(ValueError, match="where"):
+            model(tokens, where=where.long())
+        with pytest.raises(ValueError, match="not both"):
+            model(tokens, last=2, where=where)
+    assert selected.logits.shape == (int(where.sum()), 97) and selected.where is where
+    torch.testing.assert_close(selected.logits, full[where], atol=1e-5, rtol=1e-5)
 
 
 def decode_without_cache(model: Llama4, prompt: list[int], max_new_tokens: int, stop_id: int) -> list[int]:
