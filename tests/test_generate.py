@@ -1,5 +1,5 @@
 """Generation: the model's forward with a key/value cache is the full forward, position by position, so are the
-logits of the last positions (or of selected ones) alone, and greedy decoding with the cache gives the tokens that decoding without one
+logits of the last positions (or of selected ones) alone, and the forward resumed after its first blocks, and greedy decoding with the cache gives the tokens that decoding without one
 gives."""
 
 from __future__ import annotations
@@ -54,6 +54,19 @@ def test_the_last_positions_logits_alone_are_the_full_forwards(style):
     torch.testing.assert_close(prefilled, full[:, 19:20], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rest, full[:, 26:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone, full[:, 23:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_a_forward_resumed_from_the_hidden_state_of_its_first_blocks_is_the_full_forward(style):
+    model = small_model(style)
+    tokens = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full = model(tokens).logits
+        for blocks in range(len(model.layers) + 1):
+            resumed = model(tokens, last=5, resume=(blocks, model.hidden(tokens, blocks))).logits
+            torch.testing.assert_close(resumed, full[:, -5:], atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="cache"):
+            model(tokens, KVCache(model, 3, 30), resume=(1, model.hidden(tokens, 1)))
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))

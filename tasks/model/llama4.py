@@ -429,20 +429,26 @@ class Llama4(nn.Module):
         self.activation_checkpointing = False
 
     def forward(self, tokens_BS: torch.Tensor, cache: KVCache | None = None, last: int | None = None,
-                where: torch.Tensor | None = None) -> Output:
+                where: torch.Tensor | None = None, resume: tuple[int, torch.Tensor] | None = None) -> Output:
         """Logits of every position (of the ``last`` ones only, or of those the (B, S) boolean ``where`` selects, in
-        row-major order, if given); with ``cache``, of the positions after those it holds, which it then holds too."""
+        row-major order, if given); with ``cache``, of the positions after those it holds, which it then holds too.
+
+        ``resume=(n, h)`` starts at block ``n`` from ``h = self.hidden(tokens, n)``, computed once for models
+        that share their first ``n`` blocks (the router stats are then of the blocks run here only).
+        """
         if last is not None and where is not None:
             raise ValueError("give last or where, not both")
+        if resume is not None and cache is not None:
+            raise ValueError("resume runs without a cache")
         S = tokens_BS.shape[1]
         if cache is None:
             freqs = rope_frequencies(self.config, S, tokens_BS.device)
         else:
             freqs = cache.freqs_LDh2[cache.length : cache.length + S]
-        h = self.tok_embeddings(tokens_BS)
+        first, h = (0, self.tok_embeddings(tokens_BS)) if resume is None else resume
         stats = []
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
-        for block in self.layers:
+        for block in self.layers[first:]:
             if recompute:
                 h, layer_stats = checkpoint(block, h, freqs, use_reentrant=False)
             else:
@@ -460,6 +466,14 @@ class Llama4(nn.Module):
                 raise ValueError(f"where must be a boolean mask of the {tuple(tokens_BS.shape)} positions run")
             h = h[where]
         return Output(self.output(self.norm(h)), stats, where)
+
+    def hidden(self, tokens_BS: torch.Tensor, blocks: int) -> torch.Tensor:
+        """The input of block ``blocks`` (the output of the blocks before it), for ``forward(..., resume=)``."""
+        freqs = rope_frequencies(self.config, tokens_BS.shape[1], tokens_BS.device)
+        h = self.tok_embeddings(tokens_BS)
+        for block in self.layers[:blocks]:
+            h, _ = block(h, freqs)
+        return h
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None,
