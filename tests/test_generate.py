@@ -24,6 +24,14 @@ def small_model(style: str, seed: int = 0) -> Llama4:
     return tiny_model(97, seed, **SHAPE, **STYLES[style]).eval()
 
 
+def full_forward(style: str, seed: int) -> tuple[Llama4, torch.Tensor, torch.Tensor]:
+    """A small model, three rows of 30 random tokens drawn from ``seed``, and the logits of its full forward."""
+    model = small_model(style)
+    tokens = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model, tokens, model(tokens).logits
+
+
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_cached_forward_gives_the_full_forwards_logits_at_every_position(style):
     model = small_model(style)
@@ -40,10 +48,8 @@ def test_cached_forward_gives_the_full_forwards_logits_at_every_position(style):
 
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_the_last_positions_logits_alone_are_the_full_forwards(style):
-    model = small_model(style)
-    tokens = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(3))
+    model, tokens, full = full_forward(style, seed=3)
     with torch.no_grad():
-        full = model(tokens).logits
         cache = KVCache(model, 3, 30)
         prefilled = model(tokens[:, :20], cache, last=1).logits
         rest = model(tokens[:, 20:], cache, last=4).logits
@@ -58,10 +64,8 @@ def test_the_last_positions_logits_alone_are_the_full_forwards(style):
 
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_a_forward_resumed_from_the_hidden_state_of_its_first_blocks_is_the_full_forward(style):
-    model = small_model(style)
-    tokens = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(6))
+    model, tokens, full = full_forward(style, seed=6)
     with torch.no_grad():
-        full = model(tokens).logits
         for blocks in range(len(model.layers) + 1):
             resumed = model(tokens, last=5, resume=(blocks, model.hidden(tokens, blocks))).logits
             torch.testing.assert_close(resumed, full[:, -5:], atol=1e-5, rtol=1e-5)
@@ -71,12 +75,10 @@ def test_a_forward_resumed_from_the_hidden_state_of_its_first_blocks_is_the_full
 
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_the_selected_positions_logits_alone_are_the_full_forwards(style):
-    model = small_model(style)
-    tokens = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(4))
+    model, tokens, full = full_forward(style, seed=4)
     where = torch.rand(3, 30, generator=torch.Generator().manual_seed(5)) < 0.3
     where[1] = False  # a row with no position selected gives none
     with torch.no_grad():
-        full = model(tokens).logits
         selected = model(tokens, where=where)
         with pytest.raises(ValueError, match="where"):
             model(tokens, where=where[:, 1:])
