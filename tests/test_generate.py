@@ -1,5 +1,5 @@
 """Generation: the model's forward with a key/value cache is the full forward, position by position, so are the
-logits of the last positions alone, and greedy decoding with the cache gives the tokens that decoding without one
+logits of the last positions (or of selected ones) alone, and the forward resumed after its first blocks, and greedy decoding with the cache gives the tokens that decoding without one
 gives."""
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ def small_model(style: str, seed: int = 0) -> Llama4:
     return tiny_model(97, seed, **SHAPE, **STYLES[style]).eval()
 
 
+def full_forward(style: str, seed: int) -> tuple[Llama4, torch.Tensor, torch.Tensor]:
+    """A small model, three rows of 30 random tokens drawn from ``seed``, and the logits of its full forward."""
+    model = small_model(style)
+    tokens = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model, tokens, model(tokens).logits
+
+
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_cached_forward_gives_the_full_forwards_logits_at_every_position(style):
     model = small_model(style)
@@ -40,10 +48,8 @@ def test_cached_forward_gives_the_full_forwards_logits_at_every_position(style):
 
 @pytest.mark.parametrize("style", sorted(STYLES))
 def test_the_last_positions_logits_alone_are_the_full_forwards(style):
-    model = small_model(style)
-    tokens = torch.randint(0, 97, (3, 30), generator=torch.Generator().manual_seed(3))
+    model, tokens, full = full_forward(style, seed=3)
     with torch.no_grad():
-        full = model(tokens).logits
         cache = KVCache(model, 3, 30)
         prefilled = model(tokens[:, :20], cache, last=1).logits
         rest = model(tokens[:, 20:], cache, last=4).logits
@@ -54,6 +60,34 @@ def test_the_last_positions_logits_alone_are_the_full_forwards(style):
     torch.testing.assert_close(prefilled, full[:, 19:20], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rest, full[:, 26:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone, full[:, 23:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_a_forward_resumed_from_the_hidden_state_of_its_first_blocks_is_the_full_forward(style):
+    model, tokens, full = full_forward(style, seed=6)
+    with torch.no_grad():
+        for blocks in range(len(model.layers) + 1):
+            resumed = model(tokens, last=5, resume=(blocks, model.hidden(tokens, blocks))).logits
+            torch.testing.assert_close(resumed, full[:, -5:], atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="cache"):
+            model(tokens, KVCache(model, 3, 30), resume=(1, model.hidden(tokens, 1)))
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_the_selected_positions_logits_alone_are_the_full_forwards(style):
+    model, tokens, full = full_forward(style, seed=4)
+    where = torch.rand(3, 30, generator=torch.Generator().manual_seed(5)) < 0.3
+    where[1] = False  # a row with no position selected gives none
+    with torch.no_grad():
+        selected = model(tokens, where=where)
+        with pytest.raises(ValueError, match="where"):
+            model(tokens, where=where[:, 1:])
+        with pytest.raises(ValueError, match="where"):
+            model(tokens, where=where.long())
+        with pytest.raises(ValueError, match="not both"):
+            model(tokens, last=2, where=where)
+    assert selected.logits.shape == (int(where.sum()), 97) and selected.where is where
+    torch.testing.assert_close(selected.logits, full[where], atol=1e-5, rtol=1e-5)
 
 
 def decode_without_cache(model: Llama4, prompt: list[int], max_new_tokens: int, stop_id: int) -> list[int]:

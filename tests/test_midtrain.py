@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import herd, output_of
+from conftest import herd, output_of, tiny_model
 from herd.config import ConfigError
 from herd.pipeline import load_config
 from tasks.midtrain.needles import QUESTION, NeedleMaker, NeedleWindows, recall
@@ -88,6 +88,34 @@ def test_recall_counts_the_needles_whose_whole_key_the_model_predicts(tokens):
     for length, depth in ((96, 0.0), (128, 0.5), (200, 1.0)):
         assert recall(KeyReader(maker, vocab), maker, tokens_dir, length, depth, trials=3, seed=5) == 1.0
         assert recall(KeyReader(maker, vocab, misread=True), maker, tokens_dir, length, depth, trials=3, seed=5) == 0.0
+
+
+def test_the_grid_sharing_the_blocks_before_the_nope_layer_gives_each_variants_own_recall(tokens):
+    from herd.stages.midtrain import MidtrainConfig
+    from tasks.midtrain.stage import _with_temperature_tuning, needle_grid
+
+    from tasks.midtrain.needles import needle_trials
+
+    maker = NeedleMaker(Path(tokens) / "tokenizer.json")
+    # The tiny model's last layer is its NoPE layer, where temperature tuning acts beyond 32 positions.
+    model = tiny_model(maker.tokenizer.get_vocab_size(), seed=3, floor_scale=32, attn_scale=4.0).eval()
+    assert model.config.is_nope(len(model.layers) - 1) and not model.config.is_nope(0)
+    untuned = _with_temperature_tuning(model, False)
+    found = needle_trials(maker, Path(tokens) / "tokens", 160, 0.5, 3, seed=1)
+    inputs = found.batch[:, :-1]
+    with torch.no_grad():
+        tuned_logits, untuned_logits = model(inputs, last=found.width).logits, untuned(inputs, last=found.width).logits
+        shared = untuned(inputs, last=found.width, resume=(1, model.hidden(inputs, 1))).logits
+    assert not torch.allclose(tuned_logits, untuned_logits, atol=1e-3)
+    torch.testing.assert_close(shared, untuned_logits, atol=1e-5, rtol=1e-5)
+    # The grid's rows: temperature tuning on, then off, each over lengths and depths, the recall of each variant alone.
+    config = MidtrainConfig(eval_lengths=[96, 160], eval_depths=[0.0, 1.0], eval_trials=3)
+    grid = needle_grid(model, maker, Path(tokens) / "tokens", config)
+    expected = [{"temperature_tuning": tuned, "length": length, "depth": depth,
+                 "recall": recall(_with_temperature_tuning(model, tuned), maker, Path(tokens) / "tokens", length, depth,
+                                  3, seed=config.seed + 1)}
+                for tuned in (True, False) for length in (96, 160) for depth in (0.0, 1.0)]
+    assert grid == expected
 
 
 def test_midtrain_must_lengthen_the_context():

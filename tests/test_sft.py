@@ -22,6 +22,7 @@ from tasks.sft.data import PAD, Example, PackedRows, pack, pad_id, render_exampl
 from tasks.sft.evaluate import arm_steps, equal_compute, hard_set, train_arm
 from tasks.sft.judge import answer_losses, difficulty, drop_count, prune
 from tasks.sft.report import logged_examples, pruning_plot, pruning_rows
+from tasks.training.loop import next_token_objective, weighted_positions
 
 PROBLEMS = ProblemsConfig(count_arithmetic=60, count_strings=60, count_code=10, count_translate=30,
                           count_language_id=40, count_continue=40, heldout_fraction=0.3)
@@ -129,6 +130,29 @@ def test_only_assistant_tokens_weigh_prompts_and_padding_do_not(tokenizer, examp
     header = tokenizer.convert_tokens_to_ids("<|header_start|>")
     assert (weights[targets == header] == 0).all()
     assert (targets[weights == 1] != pad).all()
+
+
+def test_the_loss_and_gradients_from_the_weighted_positions_alone_are_the_full_forwards(tokenizer, examples):
+    rows = PackedRows(examples, 192, 4, seed=7, pad=pad_id(tokenizer))
+    batch, everything = rows.batch(0), slice(None)
+    where = weighted_positions(batch, everything, next_token_objective, torch.device("cpu"))
+    assert where is not None and where.sum() == (batch.weights != 0).sum() < where.numel()
+    # A batch that weighs every target, or an objective that reads other things than weights, runs the whole head.
+    assert weighted_positions(batch._replace(weights=batch.weights + 1), everything, next_token_objective,
+                              torch.device("cpu")) is None
+    assert weighted_positions(batch, everything, lambda *_: None, torch.device("cpu")) is None
+
+    def loss_and_grads(where):
+        model = tiny_model(len(tokenizer), seed=2, **WIDE)
+        out = model(batch.tokens[:, :-1], where=where)
+        loss, _ = next_token_objective(out, batch.tokens[:, 1:], batch, everything, 0)
+        loss.backward()
+        return loss, [p.grad for p in model.parameters()]
+
+    (full, full_grads), (selected, selected_grads) = loss_and_grads(None), loss_and_grads(where)
+    torch.testing.assert_close(selected, full, atol=1e-6, rtol=1e-6)
+    for a, b in zip(selected_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_the_batch_of_a_step_is_a_function_of_the_seed_and_step(tokenizer, examples):

@@ -73,19 +73,37 @@ class NeedleWindows:
         return Batch(torch.from_numpy(np.stack(rows).astype(np.int64)), plain.languages, weights)
 
 
-@torch.no_grad()
-def recall(model, maker: NeedleMaker, tokens_dir: Path, length: int, depth: float, trials: int, seed: int) -> float:
-    """Share of ``trials`` needles at ``depth`` in ``length``-token contexts whose key the model predicts exactly."""
+@dataclass(frozen=True)
+class NeedleTrials:
+    needles: list[Needle]
+    batch: torch.Tensor  # (trials, length + 1) the needles' sequences
+    width: int  # the longest key's tokens: every key ends its sequence, so the last ``width`` logits are all it takes
+
+
+def needle_trials(maker: NeedleMaker, tokens_dir: Path, length: int, depth: float, trials: int,
+                  seed: int) -> NeedleTrials:
+    """``trials`` needles at ``depth`` in ``length``-token contexts, the same for a given seed."""
     haystacks = TokenWindows(tokens_dir, length, trials, seed).batch(0).tokens.numpy()
     rng = np.random.default_rng((seed, length, int(depth * 1000)))
     needles = [maker.make(h, length, depth, int(rng.integers(10_000, 100_000))) for h in haystacks]
-    batch = torch.tensor([n.tokens for n in needles])
-    # Every key ends its sequence, so the logits of the last positions (the longest key's) are all it takes.
-    width = max(len(n.tokens) - n.answer.start for n in needles)
-    predicted = model(batch[:, :-1], last=width).logits.argmax(-1)  # predicted[:, j] guesses batch[:, length - width + j]
+    return NeedleTrials(needles, torch.tensor([n.tokens for n in needles]),
+                        max(len(n.tokens) - n.answer.start for n in needles))
+
+
+@torch.no_grad()
+def recall(model, maker: NeedleMaker, tokens_dir: Path, length: int, depth: float, trials: int, seed: int) -> float:
+    """Share of ``trials`` needles at ``depth`` in ``length``-token contexts whose key the model predicts exactly."""
+    found = needle_trials(maker, tokens_dir, length, depth, trials, seed)
+    return recalled(found, model(found.batch[:, :-1], last=found.width).logits)
+
+
+def recalled(found: NeedleTrials, logits_BWV: torch.Tensor) -> float:
+    """Share of the needles whose every key token is the top-1 of the last ``found.width`` positions' logits."""
+    needles, batch, width = found.needles, found.batch, found.width
+    predicted = logits_BWV.argmax(-1)  # predicted[:, j] guesses batch[:, length - width + j]
     hits = 0
     for row, needle in enumerate(needles):
         targets = batch[row, needle.answer]
         guesses = predicted[row, width - len(targets) :]
         hits += bool(torch.equal(targets, guesses))
-    return hits / trials
+    return hits / len(needles)

@@ -16,8 +16,10 @@ import logging
 import tempfile
 from pathlib import Path
 
+import torch
+
 from herd.stages.midtrain import MidtrainConfig
-from tasks.midtrain.needles import NeedleMaker, NeedleWindows, recall
+from tasks.midtrain.needles import NeedleMaker, NeedleWindows, needle_trials, recall, recalled
 from tasks.model.artifacts import load_model, write_model
 from tasks.model.inputs import model_dir, tokenizer_dir
 from tasks.model.info import model_info
@@ -81,17 +83,27 @@ def run(ctx: StageContext[MidtrainConfig]) -> dict:
     return summary
 
 
+@torch.no_grad()
 def needle_grid(model: Llama4, maker: NeedleMaker, tokens_dir: Path, config: MidtrainConfig) -> list[dict]:
-    """Recall per (length, depth), with the NoPE layers' temperature tuning on and off (same weights)."""
+    """Recall per (length, depth), with the NoPE layers' temperature tuning on and off (same weights).
+
+    Temperature tuning scales only the NoPE layers' queries, so the blocks before the first NoPE
+    layer compute the same for both: they run once per cell, and each variant runs the rest.
+    """
+    variants = {tuned: _with_temperature_tuning(model, tuned) for tuned in (True, False)}
+    shared = next(layer for layer in range(model.config.n_layers + 1)
+                  if layer == model.config.n_layers or model.config.is_nope(layer))
     rows = []
-    for tuned in (True, False):
-        variant = _with_temperature_tuning(model, tuned)
-        for length in config.eval_lengths:
-            for depth in config.eval_depths:
-                hit = recall(variant, maker, tokens_dir, length, depth, config.eval_trials, seed=config.seed + 1)
+    for length in config.eval_lengths:
+        for depth in config.eval_depths:
+            found = needle_trials(maker, tokens_dir, length, depth, config.eval_trials, seed=config.seed + 1)
+            inputs = found.batch[:, :-1]
+            h = model.hidden(inputs, shared)
+            for tuned, variant in variants.items():
+                hit = recalled(found, variant(inputs, last=found.width, resume=(shared, h)).logits)
                 rows.append({"temperature_tuning": tuned, "length": length, "depth": depth, "recall": hit})
                 log.info("needle recall: length %d, depth %.2f, temperature tuning %s: %.2f", length, depth, tuned, hit)
-    return rows
+    return sorted(rows, key=lambda row: not row["temperature_tuning"])  # tuned first, each in the grid's order
 
 
 def _with_temperature_tuning(model: Llama4, on: bool) -> Llama4:

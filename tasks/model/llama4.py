@@ -17,6 +17,9 @@ explicit causal (and, on RoPE layers, in-chunk) mask; ``tests/test_generate.py``
 against the full forward. ``model(tokens, last=n)`` computes the logits of the last ``n``
 positions only: the output head is about a third of a nano forward, and a prompt's prefill,
 a needle's answer or a judge's reference answer needs only a few positions' logits.
+``model(tokens, where=mask)`` computes them at the positions a (B, S) boolean mask selects,
+flattened to (N, V): SFT weighs only the assistant's tokens, so the final norm and the head
+(and the loss after them) run on those alone.
 """
 
 from __future__ import annotations
@@ -366,8 +369,9 @@ def _init_parameter(param: torch.Tensor, name: str, expert: int | None, recipe: 
 
 @dataclass
 class Output:
-    logits: torch.Tensor  # (B, S, V); (B, last, V) when the forward was asked for the last positions only
+    logits: torch.Tensor  # (B, S, V); (B, last, V) for the last positions only; (N, V) at the N positions of ``where``
     router: list[RouterStats]  # one per MoE layer
+    where: torch.Tensor | None = None  # (B, S) the positions ``logits`` are of, when the forward was given them
 
     @property
     def aux_loss(self) -> torch.Tensor:
@@ -424,18 +428,27 @@ class Llama4(nn.Module):
         # bias moves after backward, so the recompute routes exactly as the forward did.
         self.activation_checkpointing = False
 
-    def forward(self, tokens_BS: torch.Tensor, cache: KVCache | None = None, last: int | None = None) -> Output:
-        """Logits of every position (of the ``last`` ones only, if given); with ``cache``, of the positions after
-        those it holds, which it then holds too."""
+    def forward(self, tokens_BS: torch.Tensor, cache: KVCache | None = None, last: int | None = None,
+                where: torch.Tensor | None = None, resume: tuple[int, torch.Tensor] | None = None) -> Output:
+        """Logits of every position (of the ``last`` ones only, or of those the (B, S) boolean ``where`` selects, in
+        row-major order, if given); with ``cache``, of the positions after those it holds, which it then holds too.
+
+        ``resume=(n, h)`` starts at block ``n`` from ``h = self.hidden(tokens, n)``, computed once for models
+        that share their first ``n`` blocks (the router stats are then of the blocks run here only).
+        """
+        if last is not None and where is not None:
+            raise ValueError("give last or where, not both")
+        if resume is not None and cache is not None:
+            raise ValueError("resume runs without a cache")
         S = tokens_BS.shape[1]
         if cache is None:
             freqs = rope_frequencies(self.config, S, tokens_BS.device)
         else:
             freqs = cache.freqs_LDh2[cache.length : cache.length + S]
-        h = self.tok_embeddings(tokens_BS)
+        first, h = (0, self.tok_embeddings(tokens_BS)) if resume is None else resume
         stats = []
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
-        for block in self.layers:
+        for block in self.layers[first:]:
             if recompute:
                 h, layer_stats = checkpoint(block, h, freqs, use_reentrant=False)
             else:
@@ -448,7 +461,19 @@ class Llama4(nn.Module):
             if not 0 < last <= S:
                 raise ValueError(f"last ({last}) must be between 1 and the {S} positions run")
             h = h[:, S - last :]
-        return Output(self.output(self.norm(h)), stats)
+        if where is not None:
+            if where.shape != tokens_BS.shape or where.dtype != torch.bool:
+                raise ValueError(f"where must be a boolean mask of the {tuple(tokens_BS.shape)} positions run")
+            h = h[where]
+        return Output(self.output(self.norm(h)), stats, where)
+
+    def hidden(self, tokens_BS: torch.Tensor, blocks: int) -> torch.Tensor:
+        """The input of block ``blocks`` (the output of the blocks before it), for ``forward(..., resume=)``."""
+        freqs = rope_frequencies(self.config, tokens_BS.shape[1], tokens_BS.device)
+        h = self.tok_embeddings(tokens_BS)
+        for block in self.layers[:blocks]:
+            h, _ = block(h, freqs)
+        return h
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None,

@@ -60,8 +60,8 @@ class PlainEngine:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.rank, self.world_size = 0, 1
 
-    def __call__(self, tokens: torch.Tensor):
-        return self.module(tokens)
+    def __call__(self, tokens: torch.Tensor, where: torch.Tensor | None = None):
+        return self.module(tokens, where=where)
 
     def backward_and_step(self, loss: torch.Tensor) -> float:
         self.zero_grad()
@@ -131,13 +131,13 @@ class DeepSpeedEngine:
         self.module = self.engine.module
         self.step_count = 0
 
-    def __call__(self, tokens: torch.Tensor):
+    def __call__(self, tokens: torch.Tensor, where: torch.Tensor | None = None):
         # ZeRO-3 frees each gathered weight once its module has run; autocast's weight cache
         # would keep a bf16 copy of every one until the forward ends: the whole model, unsharded.
         device = tokens.device.type
         with torch.autocast(device, dtype=torch.get_autocast_dtype(device), enabled=torch.is_autocast_enabled(device),
                             cache_enabled=False):
-            return self.engine(tokens)
+            return self.engine(tokens, where=where)
 
     def backward_and_step(self, loss: torch.Tensor) -> float:
         factor = self.schedule(self.step_count)

@@ -62,9 +62,30 @@ def new_model(model_config: ModelConfig, config: PretrainConfig) -> Llama4:
 
 def next_token_objective(out_model: Output, targets: torch.Tensor, batch: Batch, rows: slice,
                          step: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """The default objective: next-token cross-entropy, weighted per target when the batch says so."""
+    """The default objective: next-token cross-entropy, weighted per target when the batch says so.
+
+    When the forward computed logits only at the weighted targets (``out_model.where``, see
+    :func:`weighted_positions`), the targets and weights are taken at those positions too: the
+    targets left out weigh nothing, so the loss is the same, up to the order of the sum.
+    """
     weights = None if batch.weights is None else batch.weights[rows].to(targets.device)
+    if out_model.where is not None:
+        targets, weights = targets[out_model.where], weights[out_model.where]
     return _lm_loss(out_model.logits, targets, weights), {}
+
+
+def weighted_positions(batch: Batch, rows: slice, objective: Objective, device: torch.device) -> torch.Tensor | None:
+    """The inputs whose targets weigh anything, for the forward to compute logits at those alone; None for all.
+
+    SFT weighs only the assistant's tokens, and the final norm, the output head and the loss are
+    a large part of a nano step. Only the default objective reads weights, so only it is given
+    the selected logits; a batch that weighs every target (midtrain's needles) runs the whole
+    head as before.
+    """
+    if objective is not next_token_objective or batch.weights is None:
+        return None
+    where = batch.weights[rows].to(device) != 0
+    return None if bool(where.all()) else where
 
 
 def callbacks(config: TrainingConfig, on_metrics: Callable[[int, dict], None], throughput: Throughput, out: Path,
@@ -117,7 +138,7 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
         rows = slice(engine.rank, None, engine.world_size)
         tokens = batch.tokens[rows].to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out_model = engine(tokens[:, :-1])
+            out_model = engine(tokens[:, :-1], where=weighted_positions(batch, rows, objective, device))
         lm_loss, extra_metrics = objective(out_model, tokens[:, 1:], batch, rows, step)
         grad_norm = engine.backward_and_step(balanced_loss(lm_loss, out_model.aux_loss, config))
         done, loss, mixed = step + 1, lm_loss.item(), None
@@ -143,7 +164,8 @@ def train(model: Llama4, config: TrainingConfig, batches: BatchSource, out: Path
 
 
 def _lm_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    per_token = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    """Mean next-token cross-entropy (weighted); logits (B, S, V) with targets (B, S), or (N, V) with (N,)."""
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.flatten(), reduction="none")
     if weights is None:
         return per_token.mean()
     weights = weights.flatten().to(per_token.dtype)
