@@ -13,7 +13,6 @@ from typing import ClassVar
 
 import pytest
 from conftest import REPO, herd, tiny_model_dir
-from test_s3 import s3_server  # noqa: F401 - the rclone S3 server fixture
 
 from herd.stages.safety import CyberSecEvalConfig
 from tasks.redteam.datasets import DatasetError, read_dataset, spread

@@ -174,6 +174,12 @@ def test_evaluate_dag_runs_on_a_registered_tiny_model(gates):
              for a in range(3)]
     (problems / "eval.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in items))
     migrate({"AIRFLOW_HOME": os.environ["AIRFLOW_HOME"]})
+    # This worker's Airflow may hold pooled connections from tests before it, opened before the database
+    # existed as migrated: start the ORM afresh on the migrated file.
+    from airflow import settings
+
+    settings.dispose_orm()
+    settings.configure_orm()
     dag = _bag().dags["llama4_evaluate"]
     run = dag.test(run_conf={"model": gates.name, "version": "champion", "problems": str(problems),
                              "overrides": {"sft.eval_max_items": 3, "sft.max_new_tokens": 4}})

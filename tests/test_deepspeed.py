@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from conftest import REPO, descendants, output_of
-from test_s3 import s3, s3_server  # noqa: F401 - the rclone S3 server fixtures
+from test_s3 import s3  # noqa: F401 - the S3 fixture (its server, s3_server, is in conftest)
 
 pytest.importorskip("deepspeed")
 

@@ -76,6 +76,9 @@ def test_dag_runs_data_stages_then_skips_them_then_retrains_from_the_champions(u
     client = tracking.client()
     parents = client.search_runs([tracking.experiment_id(client)], filter_string="tags.`herd.kind` = 'pipeline'")
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    # No run of either demo is left "running": every stage run and parent ended.
+    assert "RUNNING" not in {run.info.status for run in client.search_runs([tracking.experiment_id(client)],
+                                                                            max_results=1000)}
     for parent in parents:
         children = client.search_runs([tracking.experiment_id(client)],
                                       filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
