@@ -173,11 +173,12 @@ def test_evaluate_dag_runs_on_a_registered_tiny_model(gates):
     items = [make_problem("arithmetic", 1, f"What is {a} + 1?", str(a + 1), "exact", {"answer": str(a + 1)})
              for a in range(3)]
     (problems / "eval.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in items))
-    migrate({"AIRFLOW_HOME": os.environ["AIRFLOW_HOME"]})
-    # This worker's Airflow may hold pooled connections from tests before it, opened before the database
-    # existed as migrated: start the ORM afresh on the migrated file.
+    # Migrate the database this process's Airflow uses, whatever home it read when first imported.
     from airflow import settings
+    from airflow.configuration import conf
 
+    migrate({"AIRFLOW_HOME": os.environ["AIRFLOW_HOME"],
+             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": conf.get("database", "sql_alchemy_conn")})
     settings.dispose_orm()
     settings.configure_orm()
     dag = _bag().dags["llama4_evaluate"]
