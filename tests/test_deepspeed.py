@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -18,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from conftest import REPO, descendants, output_of
+from conftest import REPO, descendants, free_port, output_of
 from test_s3 import s3  # noqa: F401 - the S3 fixture (its server, s3_server, is in conftest)
 
 pytest.importorskip("deepspeed")
@@ -177,16 +176,10 @@ def _rank(rank: int, world: int, port: int, out: str, settings: dict, stop_after
         Path(report).write_text(json.dumps({"history": history.to_json(), "weights": weights}))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def train_ranks(world: int, out: Path, settings: dict, stop_after: int | None = None, remote: str | None = None,
                 break_at: int | None = None) -> dict | None:
     report = out.parent / f"{out.name}-report.json"
-    mp.spawn(_rank, args=(world, _free_port(), str(out), settings, stop_after, str(report), remote, break_at),
+    mp.spawn(_rank, args=(world, free_port(), str(out), settings, stop_after, str(report), remote, break_at),
              nprocs=world)
     return json.loads(report.read_text()) if stop_after is None else None
 

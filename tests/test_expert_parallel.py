@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import REPO, output_of
+from conftest import REPO, free_port, output_of
 from safetensors.torch import load_file
 
 from herd.model import nano, nano_maverick
@@ -100,15 +99,9 @@ def _compare(rank: int, port: int, case: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_ranks_with_half_the_experts_each_match_one_process_with_all(case):
-    mp.spawn(_compare, args=(_free_port(), case), nprocs=2)
+    mp.spawn(_compare, args=(free_port(), case), nprocs=2)
 
 
 STEPS = ["--set", "codistill.scheme=none", "--set", "pretrain.steps=6", "--set", "pretrain.seq_len=64",
